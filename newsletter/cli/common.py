@@ -1,0 +1,40 @@
+"""Shared plumbing for the commands: the lazily loaded configuration and output helpers."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+import click
+
+from ..config import Config, load
+
+
+class Env:
+    """What every command may need, loaded on first use so `--help` stays fast."""
+
+    def __init__(self, config_path: str | None) -> None:
+        self.config_path = Path(config_path) if config_path else None
+
+    @cached_property
+    def config(self) -> Config:
+        return load(self.config_path)
+
+
+pass_env = click.make_pass_decorator(Env)
+
+
+def human_size(size: int) -> str:
+    if size < 1024:
+        return f"{size} B"
+    if size < 1024 * 1024:
+        return f"{size / 1024:.1f} KB"
+    return f"{size / 1024 / 1024:.1f} MB"
+
+
+def show_path(path: Path) -> str:
+    """A path relative to the working folder when it lies inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)

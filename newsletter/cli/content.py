@@ -1,0 +1,5 @@
+"""Commands for writing and building issues."""
+
+from __future__ import annotations
+
+COMMANDS: list = []

@@ -1,0 +1,55 @@
+"""Shared fixtures: a throwaway newsletter folder written inline into tmp_path."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+BASIC_TOML = """\
+[newsletter]
+name = "Test Letter"
+description = "A letter for tests."
+site_url = "https://letter.example.com"
+language = "en"
+author = "Ann Berg"
+from = { name = "Ann Berg", address = "ann@example.com" }
+postal_address = "1 Test Street, Oslo"
+timezone = "Europe/Oslo"
+
+[schedule]
+weekday = "tuesday"
+time = "09:00"
+"""
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never see the developer's own newsletter settings or secrets."""
+    for name in list(os.environ):
+        if name.startswith("NEWSLETTER_") and name not in {"NEWSLETTER_TEST_POSTGRES_URL"}:
+            monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def write(tmp_path: Path):
+    """write("a/b.md", text) -> Path: create a file under tmp_path, dedenting the text."""
+
+    def _write(relative: str, text: str) -> Path:
+        path = tmp_path / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text), encoding="utf-8")
+        return path
+
+    return _write
+
+
+@pytest.fixture
+def letter(tmp_path: Path, write, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A minimal newsletter folder (newsletter.toml, no issues) as the working directory."""
+    write("newsletter.toml", BASIC_TOML)
+    (tmp_path / "issues").mkdir()
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
