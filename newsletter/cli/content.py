@@ -1,5 +1,113 @@
-"""Commands for writing and building issues."""
+"""Commands for writing and building issues: init, new, build, check, preview."""
 
 from __future__ import annotations
 
-COMMANDS: list = []
+import datetime as dt
+from pathlib import Path
+
+import click
+
+from .common import Env, human_size, pass_env, show_path
+
+ISSUE_ARG = click.argument("issue", required=False)
+
+
+def print_findings(findings) -> None:
+    """The pre-flight checks as a list: errors, then warnings."""
+    if not findings:
+        click.echo("checks: all passed")
+        return
+    for finding in findings:
+        colour = "red" if finding.level == "error" else "yellow"
+        click.echo(f"  {click.style(finding.level, fg=colour)}: {finding}")
+    errors = sum(1 for f in findings if f.level == "error")
+    warnings = len(findings) - errors
+    click.echo(f"checks: {errors} error(s), {warnings} warning(s)")
+
+
+@click.command()
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--name", help="The newsletter's name (default: from the folder name).")
+@click.option("--author", default="Your Name", show_default=True, help="Author and sender name.")
+@click.option("--from", "address", default="you@example.com", show_default=True,
+              help="Sender address.")
+@click.option("--timezone", default="UTC", show_default=True, help="Time zone of the schedule.")
+def init(folder: Path, name: str | None, author: str, address: str, timezone: str) -> None:
+    """Start a newsletter in FOLDER: newsletter.toml, templates/, issues/, .gitignore, .env."""
+    from ..scaffold import init as scaffold
+
+    created = scaffold(folder, name=name, author=author, address=address, timezone=timezone)
+    for path in created:
+        click.echo(f"created {show_path(path)}")
+    click.echo(
+        f"Next: edit {show_path(folder / 'newsletter.toml')} (sender, site_url, postal_address), "
+        f"then `cd {show_path(folder)} && newsletter new \"Your first issue\"`."
+    )
+
+
+@click.command()
+@click.argument("title")
+@click.option("--date", type=click.DateTime(["%Y-%m-%d"]), help="Date the issue to this day "
+              "instead of the next free weekly slot.")
+@pass_env
+def new(env: Env, title: str, date: dt.datetime | None) -> None:
+    """Create the next issue, dated to the next free weekly slot, with a post stub."""
+    from ..scaffold import new_issue
+
+    made = new_issue(env.config, title, date=date.date() if date else None)
+    click.echo(f"created {show_path(made.folder)}/ for {made.slot:%A %d %B %Y, %H:%M %Z}")
+    for path in made.files:
+        click.echo(f"  {show_path(path)}")
+
+
+@click.command()
+@ISSUE_ARG
+@pass_env
+def build(env: Env, issue: str | None) -> None:
+    """Render ISSUE (default: the newest) into dist/<slug>/ and run the checks."""
+    from ..build import build as build_issue
+    from ..checks import has_errors
+    from ..errors import ChecksFailed
+
+    result = build_issue(env.config, issue)
+    click.echo(f"built {result.rendered.slug}")
+    for path in result.files:
+        click.echo(f"  {show_path(path):<60} {human_size(path.stat().st_size):>9}")
+    print_findings(result.findings)
+    if has_errors(result.findings):
+        raise ChecksFailed("the issue has errors (listed above); fix them before sending")
+
+
+@click.command()
+@ISSUE_ARG
+@pass_env
+def check(env: Env, issue: str | None) -> None:
+    """Run the pre-flight checks on ISSUE; exit 1 if any error-level check fails."""
+    from ..build import check as run
+    from ..checks import has_errors
+    from ..errors import ChecksFailed
+
+    rendered, findings = run(env.config, issue)
+    click.echo(f"checked {rendered.slug}")
+    print_findings(findings)
+    if has_errors(findings):
+        raise ChecksFailed("the issue has errors (listed above); fix them before sending")
+
+
+@click.command()
+@ISSUE_ARG
+@pass_env
+def preview(env: Env, issue: str | None) -> None:
+    """Build ISSUE and open the email in your web browser."""
+    import webbrowser
+
+    from ..build import build as build_issue
+
+    result = build_issue(env.config, issue)
+    page = result.folder / "preview.html"
+    print_findings(result.findings)
+    click.echo(f"opening {show_path(page)}")
+    webbrowser.open(page.resolve().as_uri())
+
+
+COMMANDS = [init, new, build, check, preview]

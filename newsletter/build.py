@@ -1,0 +1,108 @@
+"""Write a rendered issue to ``dist/<slug>/``: the email, its text part, a sample message and
+the web version with its images. The folder is written beside the old one and swapped in at
+the end, so a failed build never leaves a half-written folder behind."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .checks import Finding, run_checks
+from .config import Config
+from .content import Issue, load_issue, resolve_issue
+from .message import Personalizer, Recipient, build_message, field_values, unsubscribe_url
+from .render import Rendered, render_issue
+
+SAMPLE_RECIPIENT = Recipient(email="reader@example.com", name="Sample Reader")
+
+
+@dataclass(frozen=True, slots=True)
+class BuildResult:
+    rendered: Rendered
+    findings: list[Finding]
+    folder: Path
+    files: list[Path]
+
+
+def load(config: Config, name: str | None) -> Issue:
+    """The issue named on the command line (a path or slug; None = the newest)."""
+    folder = resolve_issue(config.issues_dir, name)
+    return load_issue(folder, config.newsletter.author, config.newsletter.timezone)
+
+
+def render(config: Config, name: str | None) -> Rendered:
+    return render_issue(config, load(config, name))
+
+
+def check(config: Config, name: str | None) -> tuple[Rendered, list[Finding]]:
+    rendered = render(config, name)
+    return rendered, run_checks(config, rendered)
+
+
+def sample_unsubscribe_url(config: Config, list_name: str) -> str:
+    """The unsubscribe link in the sample message: signed when NEWSLETTER_SECRET is set."""
+    from .tokens import sign
+
+    secret = config.secret("NEWSLETTER_SECRET")
+    token = sign(secret, "unsubscribe", {"s": 0, "l": list_name}) if secret else "sample"
+    return unsubscribe_url(config, token)
+
+
+def build(config: Config, name: str | None, out_dir: Path | None = None) -> BuildResult:
+    """Render the issue and write ``dist/<slug>/``; the checks are returned, not raised."""
+    rendered, findings = check(config, name)
+    dist = out_dir or config.dist_dir
+    dist.mkdir(parents=True, exist_ok=True)
+    target = dist / rendered.slug
+    staging = Path(tempfile.mkdtemp(prefix=f".{rendered.slug}.", dir=dist))
+    try:
+        list_name = rendered.issue.list_name or config.newsletter.default_list
+        unsubscribe = sample_unsubscribe_url(config, list_name)
+        personalizer = Personalizer(rendered)
+        message = build_message(
+            config,
+            rendered,
+            SAMPLE_RECIPIENT,
+            list_name=list_name,
+            unsubscribe=unsubscribe,
+            personalizer=personalizer,
+            date=dt.datetime.now(dt.UTC),
+        )
+        # The email as the sample reader sees it, with images from the local web/ folder
+        # (the published copies do not exist until the issue is archived).
+        preview = personalizer.html(
+            field_values(SAMPLE_RECIPIENT, unsubscribe, "web/index.html")
+        ).replace(rendered.web_url, "web/")
+        (staging / "preview.html").write_text(preview, encoding="utf-8")
+        (staging / "email.html").write_text(rendered.html, encoding="utf-8")
+        (staging / "email.txt").write_text(rendered.text, encoding="utf-8")
+        (staging / "message.eml").write_bytes(message.as_bytes())
+        web = staging / "web"
+        web.mkdir()
+        (web / "index.html").write_text(rendered.web_html, encoding="utf-8")
+        for asset in rendered.assets:
+            destination = web / asset.name
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(asset.source, destination)
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{rendered.slug}.old.", dir=dist))
+            target.rename(old / "x")
+            staging.rename(target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    files = [
+        target / "email.html",
+        target / "email.txt",
+        target / "message.eml",
+        target / "preview.html",
+        target / "web" / "index.html",
+        *(target / "web" / asset.name for asset in rendered.assets),
+    ]
+    return BuildResult(rendered=rendered, findings=findings, folder=target, files=files)

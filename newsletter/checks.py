@@ -1,0 +1,220 @@
+"""Pre-flight checks on a rendered issue: size, links, images, compliance.
+
+Errors stop a send (Gmail clipping, a missing unsubscribe link or postal address, images
+without alt text, links a mail client cannot follow, a missing image); warnings are shown
+and do not. Each finding names the file and, where it can, the line.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from .config import Config
+from .render import PLACEHOLDERS, SAFE_SCHEMES, LinkRef, Rendered
+
+GMAIL_CLIP_BYTES = 102 * 1024
+STYLE_BLOCK_BYTES = 16 * 1024
+SUBJECT_WARN_CHARS = 80
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    level: str  # "error" or "warning"
+    where: str  # a file, with " line N" when known
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}"
+
+
+def _rel(config: Config, path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(config.root))
+    except ValueError:
+        return str(path)
+
+
+class _Scan(HTMLParser):
+    """Collects hrefs, images, ids and <head> style blocks of the final HTML."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.hrefs: list[str] = []
+        self.images: list[tuple[str, str | None]] = []
+        self.ids: set[str] = set()
+        self.styles: list[str] = []
+        self._in_style = False
+        self._in_head = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        if values.get("id"):
+            self.ids.add(str(values["id"]))
+        if tag == "head":
+            self._in_head = True
+        elif tag == "style":
+            self._in_style = True
+            self.styles.append("")
+        elif tag == "a" and values.get("href") is not None:
+            self.hrefs.append(str(values["href"]))
+        elif tag == "img":
+            self.images.append((str(values.get("src") or ""), values.get("alt")))
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "head":
+            self._in_head = False
+        elif tag == "style":
+            self._in_style = False
+
+    def handle_data(self, data: str) -> None:
+        if self._in_style and self.styles:
+            self.styles[-1] += data
+
+
+def _link_problem(url: str, ids: set[str]) -> str | None:
+    """Why a mail client cannot follow ``url``, or None when it can."""
+    if url in PLACEHOLDERS.values():
+        return None
+    if url.startswith("#"):
+        return None if url[1:] in ids else f"link {url!r} points to no anchor in this email"
+    scheme = urlsplit(url).scheme.lower()
+    if not scheme:
+        return f"link {url!r} is not absolute; write the full address, e.g. https://..."
+    if scheme not in SAFE_SCHEMES:
+        return f"link {url!r} uses {scheme}:, which mail clients block; use https:// or mailto:"
+    if scheme in ("http", "https") and not urlsplit(url).netloc:
+        return f"link {url!r} has no host name"
+    return None
+
+
+def run_checks(config: Config, rendered: Rendered) -> list[Finding]:
+    """Every finding for ``rendered``, errors first."""
+    findings: list[Finding] = []
+    issue = rendered.issue
+    issue_file = _rel(config, issue.issue_file)
+    templates = "templates/email.html"
+
+    def error(where: str, message: str) -> None:
+        findings.append(Finding("error", where, message))
+
+    def warning(where: str, message: str) -> None:
+        findings.append(Finding("warning", where, message))
+
+    # Size: Gmail clips the HTML body past about 102 KB and drops a <style> over 16 KB.
+    size = len(rendered.html.encode("utf-8"))
+    if size > GMAIL_CLIP_BYTES:
+        error(
+            issue_file,
+            f"the email HTML is {size / 1024:.0f} KB; Gmail clips messages over 102 KB, "
+            "so shorten the issue or move a post to next week",
+        )
+    scan = _Scan()
+    scan.feed(rendered.html)
+    for block in scan.styles:
+        block_size = len(block.encode("utf-8"))
+        if block_size > STYLE_BLOCK_BYTES:
+            error(
+                templates,
+                f"a <style> block is {block_size / 1024:.1f} KB; Gmail ignores blocks over 16 KB, "
+                "so trim the CSS kept for media queries",
+            )
+
+    # Subject and preheader.
+    if not rendered.subject.strip():
+        error(issue_file, "subject is missing; add `subject: ...` to the front matter")
+    elif len(rendered.subject) > SUBJECT_WARN_CHARS:
+        warning(
+            issue_file,
+            f"subject is {len(rendered.subject)} characters; inboxes cut it off past about 80",
+        )
+    if not rendered.preheader.strip():
+        warning(
+            issue_file,
+            "preheader is missing; add `preheader: ...` so the inbox snippet is not the masthead",
+        )
+
+    # Compliance: a working unsubscribe link and the postal address in both parts.
+    unsubscribe = PLACEHOLDERS["unsubscribe_url"]
+    if unsubscribe not in scan.hrefs:
+        error(templates, "no unsubscribe link; keep <a href=\"{{ unsubscribe_url }}\"> in the footer")
+    if unsubscribe not in rendered.text:
+        error("templates/email.txt", "no unsubscribe URL; keep {{ unsubscribe_url }} in the footer")
+    postal = config.newsletter.postal_address
+    if not postal:
+        error(
+            _rel(config, config.path),
+            "[newsletter] postal_address is empty; the law (CAN-SPAM) requires a postal address "
+            "in every message",
+        )
+    else:
+        shown = re.sub(r"\s+", " ", postal)
+        if shown not in re.sub(r"\s+", " ", rendered.html) or shown not in re.sub(
+            r"\s+", " ", rendered.text
+        ):
+            error(templates, "the postal address is missing; keep {{ postal_address }} in the footer")
+
+    # Links and images written in the posts, with their file and line.
+    seen_urls: set[str] = set()
+    for ref in rendered.links:
+        seen_urls.add(ref.url)
+        _check_ref(config, ref, scan.ids, error)
+
+    # Everything else in the final HTML (templates, raw HTML in posts).
+    web_prefix = rendered.web_url
+    for href in scan.hrefs:
+        if href in seen_urls or href.startswith(web_prefix):
+            continue
+        problem = _link_problem(href, scan.ids)
+        if problem:
+            error(templates, problem)
+    for src, alt in scan.images:
+        if src in seen_urls or src.startswith(web_prefix):
+            continue
+        if alt is None:
+            error(templates, f"image {src!r} has no alt attribute; add alt=\"...\"")
+        problem = _link_problem(src, scan.ids)
+        if problem:
+            error(templates, problem.replace("link", "image", 1))
+
+    # Plain text: a text part with no words is a spam signal and useless to text readers.
+    if not any(post.body.strip() for post in issue.posts):
+        warning(issue_file, "the posts have no text; the plain-text part will be empty")
+
+    return sorted(findings, key=lambda f: f.level != "error")
+
+
+def _check_ref(config: Config, ref: LinkRef, ids: set[str], error) -> None:
+    where = _rel(config, ref.file) + (f" line {ref.line}" if ref.line else "")
+    if ref.kind == "image":
+        if not (ref.alt or "").strip():
+            error(
+                where,
+                f"image {ref.url!r} has no alt text; describe it: ![what it shows]({ref.url})",
+            )
+        if ref.local is not None:
+            if not ref.local.is_file():
+                error(where, f"image {ref.url!r} does not exist; put the file beside the post")
+            return
+        problem = _link_problem(ref.url, ids)
+        if problem:
+            error(where, problem.replace("link", "image", 1))
+        return
+    if ref.local is not None:
+        if not ref.local.is_file():
+            error(
+                where,
+                f"link {ref.url!r} is not absolute and no such file is beside the post; "
+                "write the full address, e.g. https://...",
+            )
+        return
+    problem = _link_problem(ref.url, ids)
+    if problem:
+        error(where, problem)
+
+
+def has_errors(findings: list[Finding]) -> bool:
+    return any(f.level == "error" for f in findings)

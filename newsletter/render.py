@@ -1,0 +1,544 @@
+"""Issue → rendered email (HTML and plain text) and web version, once per issue.
+
+Markdown goes through markdown-it-py, the result through the Jinja2 templates, and the email
+HTML through premailer to inline its CSS. Per-recipient fields (name, email, unsubscribe and
+web URLs) are left as placeholders such as ``[[nl:unsubscribe_url]]`` that the sending stage
+fills by plain substitution (see :mod:`newsletter.message`), so nothing here runs per
+recipient. premailer is used without ``base_url`` because it would rewrite a placeholder in an
+``href`` into a URL; links are made absolute here instead, against the issue's web address.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html as html_lib
+import posixpath
+import re
+import textwrap
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import jinja2
+from markdown_it import MarkdownIt
+from markdown_it.token import Token
+from markdown_it.tree import SyntaxTreeNode
+from markupsafe import Markup
+from mdit_py_plugins.footnote import footnote_plugin
+
+from .config import Config
+from .content import Issue
+from .errors import TemplateError
+
+# Per-recipient fields, as they appear in the rendered HTML and text. The marker survives
+# CSS inlining and HTML escaping unchanged and cannot be produced by Markdown by accident.
+FIELDS = ("name", "email", "unsubscribe_url", "web_url")
+PLACEHOLDER = "[[nl:{}]]"
+PLACEHOLDERS = {name: PLACEHOLDER.format(name) for name in FIELDS}
+PLACEHOLDER_RE = re.compile(r"\[\[nl:(" + "|".join(FIELDS) + r")\]\]")
+
+TEXT_WIDTH = 72
+SAFE_SCHEMES = ("http", "https", "mailto", "tel")
+
+
+@dataclass(frozen=True, slots=True)
+class LinkRef:
+    """A link or image found in a post, for the pre-flight checks."""
+
+    file: Path
+    line: int | None
+    kind: str  # "link" or "image"
+    url: str  # as written in the Markdown
+    alt: str | None = None
+    local: Path | None = None  # the file a relative URL points at, when it is one
+
+
+@dataclass(frozen=True, slots=True)
+class Asset:
+    """A local file published beside the web version (an image, a PDF)."""
+
+    source: Path
+    name: str  # path under the web version's folder, with forward slashes
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    issue: Issue
+    subject: str
+    preheader: str
+    html: str  # the email HTML, CSS inlined, with placeholders
+    text: str  # the plain-text part, with placeholders
+    web_html: str  # the web (archive) version, no per-recipient fields
+    web_url: str
+    assets: tuple[Asset, ...]
+    links: tuple[LinkRef, ...]
+    source_hashes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def slug(self) -> str:
+        return self.issue.slug
+
+    @property
+    def content_hash(self) -> str:
+        """Identifies exactly what recipients get; a campaign freezes it."""
+        digest = hashlib.sha256()
+        for part in (self.subject, self.preheader, self.html, self.text):
+            digest.update(part.encode("utf-8"))
+            digest.update(b"\0")
+        return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Markdown
+
+
+@cache
+def markdown() -> MarkdownIt:
+    return (
+        MarkdownIt("commonmark", {"html": True})
+        .enable(["table", "strikethrough"])
+        .use(footnote_plugin)
+    )
+
+
+def _children(tokens: Iterable[Token]) -> Iterable[tuple[Token, int | None]]:
+    """Every inline token with the line of the block it sits in (0-based, relative)."""
+    for token in tokens:
+        if token.type == "inline" and token.children:
+            line = token.map[0] if token.map else None
+            for child in token.children:
+                yield child, line
+
+
+def _is_relative(url: str) -> bool:
+    parts = urlsplit(url)
+    return not parts.scheme and not parts.netloc and not url.startswith("#") and bool(parts.path)
+
+
+class _PostAssets:
+    """Publishes the local files a post refers to, with collision-free names."""
+
+    def __init__(self) -> None:
+        self.by_source: dict[Path, Asset] = {}
+        self.names: set[str] = set()
+
+    def publish(self, folder: Path, relative: str) -> tuple[Path, str]:
+        path_part = unquote(urlsplit(relative).path)
+        source = (folder / path_part).resolve()
+        if source in self.by_source:
+            return source, self.by_source[source].name
+        name = posixpath.normpath(path_part.replace("\\", "/"))
+        if name.startswith("../") or name == ".." or name.startswith("/"):
+            digest = hashlib.sha256(str(source).encode()).hexdigest()[:8]
+            name = f"assets/{digest}/{source.name}"
+        base, n = name, 1
+        while name in self.names:
+            n += 1
+            stem, dot, ext = base.rpartition(".")
+            name = f"{stem}-{n}.{ext}" if dot else f"{base}-{n}"
+        self.names.add(name)
+        self.by_source[source] = Asset(source=source, name=name)
+        return source, name
+
+    def all(self) -> tuple[Asset, ...]:
+        return tuple(asset for asset in self.by_source.values() if asset.source.is_file())
+
+
+@dataclass
+class _PostHtml:
+    email_html: str
+    web_html: str
+    text: str
+    links: list[LinkRef]
+
+
+def _render_markdown(
+    source: str,
+    file: Path,
+    first_line: int,
+    folder: Path | None,
+    doc_id: str,
+    web_url: str,
+    assets: _PostAssets,
+    ref_counter: list[int],
+) -> _PostHtml:
+    md = markdown()
+    env: dict[str, Any] = {"docId": doc_id}
+    tokens = md.parse(source, env)
+    _demote_headings(tokens)
+    links: list[LinkRef] = []
+    # Each link/image: record it, and remember how to write its URL for email and web.
+    rewrites: list[tuple[Token, str, str, str]] = []  # token, attr, email url, web url
+    for child, line in _children(tokens):
+        if child.type not in ("link_open", "image"):
+            continue
+        attr = "href" if child.type == "link_open" else "src"
+        url = str(child.attrs.get(attr, ""))
+        kind = "link" if child.type == "link_open" else "image"
+        alt = child.content if kind == "image" else None
+        local = None
+        absolute_line = first_line + line if line is not None else None
+        if _is_relative(url) and folder is not None:
+            local, name = assets.publish(folder, url)
+            fragment = urlsplit(url).fragment
+            suffix = f"#{fragment}" if fragment else ""
+            rewrites.append((child, attr, f"{web_url}{name}{suffix}", f"{name}{suffix}"))
+        links.append(LinkRef(file=file, line=absolute_line, kind=kind, url=url, alt=alt, local=local))
+
+    options = md.options
+    for token, attr, email_url, _web in rewrites:
+        token.attrSet(attr, email_url)
+    email_html = md.renderer.render(tokens, options, env)
+    for token, attr, _email, web in rewrites:
+        token.attrSet(attr, web)
+    web_html = md.renderer.render(tokens, options, env)
+    for token, attr, email_url, _web in rewrites:
+        token.attrSet(attr, email_url)
+    text = _TextWriter(ref_counter).document(tokens)
+    return _PostHtml(email_html=email_html, web_html=web_html, text=text, links=links)
+
+
+def _demote_headings(tokens: list[Token]) -> None:
+    """Headings inside a post sit below the post's own title (an h2): the top level becomes h3."""
+    levels = [int(t.tag[1]) for t in tokens if t.type == "heading_open"]
+    if not levels:
+        return
+    shift = max(0, 3 - min(levels))
+    for token in tokens:
+        if token.type in ("heading_open", "heading_close"):
+            token.tag = f"h{min(6, int(token.tag[1]) + shift)}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Plain text
+
+
+class _TextWriter:
+    """Markdown tokens → plain text that reads well on its own.
+
+    Headings are underlined, quotes prefixed with ``>``, links become numbered references
+    listed after the post, images show their alt text.
+    """
+
+    def __init__(self, counter: list[int]) -> None:
+        self.counter = counter  # shared across posts so reference numbers never repeat
+        self.refs: list[tuple[int, str]] = []
+
+    def document(self, tokens: list[Token]) -> str:
+        tree = SyntaxTreeNode(tokens)
+        body = self.blocks(tree.children)
+        if self.refs:
+            body += "\n\n" + "\n".join(f"[{n}] {url}" for n, url in self.refs)
+        return body.strip("\n")
+
+    def blocks(self, nodes: Iterable[SyntaxTreeNode], width: int = TEXT_WIDTH) -> str:
+        parts = [self.block(node, width) for node in nodes]
+        return "\n\n".join(part for part in parts if part.strip())
+
+    def block(self, node: SyntaxTreeNode, width: int) -> str:
+        kind = node.type
+        if kind == "paragraph":
+            return self.wrap(self.inline(node.children), width)
+        if kind == "heading":
+            title = self.inline(node.children).strip()
+            mark = "=" if node.tag in ("h1", "h2", "h3") else "-"
+            return f"{title}\n{mark * min(len(title), width)}"
+        if kind == "blockquote":
+            inner = self.blocks(node.children, width - 2)
+            return "\n".join(f"> {line}".rstrip() for line in inner.splitlines())
+        if kind in ("bullet_list", "ordered_list"):
+            start = int(node.attrs.get("start", 1)) if kind == "ordered_list" else 1
+            items = []
+            for index, item in enumerate(node.children):
+                marker = f"{start + index}. " if kind == "ordered_list" else "- "
+                inner = self.blocks(item.children, width - len(marker))
+                pad = " " * len(marker)
+                lines = inner.splitlines() or [""]
+                items.append(
+                    "\n".join([marker + lines[0]] + [(pad + ln).rstrip() for ln in lines[1:]])
+                )
+            return "\n".join(items)
+        if kind in ("code_block", "fence"):
+            return "\n".join(f"    {line}".rstrip() for line in node.content.rstrip("\n").splitlines())
+        if kind == "hr":
+            return "-" * 20
+        if kind == "table":
+            return self.table(node)
+        if kind == "html_block":
+            return self.wrap(_strip_tags(node.content), width)
+        if kind == "footnote_block":
+            notes = []
+            for index, note in enumerate(node.children, start=1):
+                inner = self.blocks(
+                    (c for c in note.children if c.type != "footnote_anchor"), width - 6
+                )
+                notes.append(f"[^{index}] {inner.strip()}")
+            return "Notes\n-----\n" + "\n".join(notes)
+        return self.blocks(node.children, width)
+
+    def table(self, node: SyntaxTreeNode) -> str:
+        rows = []
+        for section in node.children:
+            for row in section.children:
+                rows.append([self.inline(cell.children).strip() for cell in row.children])
+        if not rows:
+            return ""
+        lines = [" | ".join(rows[0]), " | ".join("-" * max(3, len(c)) for c in rows[0])]
+        lines += [" | ".join(r) for r in rows[1:]]
+        return "\n".join(lines)
+
+    def inline(self, nodes: Iterable[SyntaxTreeNode]) -> str:
+        out: list[str] = []
+        for node in nodes:
+            kind = node.type
+            if kind == "text":
+                out.append(node.content)
+            elif kind == "softbreak":
+                out.append(" ")
+            elif kind == "hardbreak":
+                out.append("\n")
+            elif kind == "code_inline":
+                out.append(node.content)
+            elif kind == "link":
+                label = self.inline(node.children)
+                href = str(node.attrs.get("href", ""))
+                bare = href.removeprefix("mailto:")
+                if label.strip() in (href, bare) or not href or href.startswith("#"):
+                    out.append(label or href)
+                else:
+                    self.counter[0] += 1
+                    self.refs.append((self.counter[0], href))
+                    out.append(f"{label} [{self.counter[0]}]")
+            elif kind == "image":
+                alt = node.content or "image"
+                out.append(f"[{alt}]")
+            elif kind == "footnote_ref":
+                out.append(f"[^{node.meta['id'] + 1}]")
+            elif kind == "html_inline":
+                continue
+            elif kind == "strong":
+                out.append(f"*{self.inline(node.children)}*")
+            else:
+                out.append(self.inline(node.children))
+        return "".join(out)
+
+    @staticmethod
+    def wrap(text: str, width: int) -> str:
+        lines = []
+        for line in text.split("\n"):
+            lines.append(
+                textwrap.fill(line, width=max(20, width), break_long_words=False, break_on_hyphens=False)
+                if line.strip()
+                else ""
+            )
+        return "\n".join(lines)
+
+
+def _strip_tags(fragment: str) -> str:
+    return html_lib.unescape(re.sub(r"<[^>]+>", " ", fragment)).strip()
+
+
+# ---------------------------------------------------------------------------------------------
+# Templates
+
+
+def builtin_templates() -> Path:
+    """The default templates: inside the installed package, or the checkout's templates/."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "_templates"
+    return packaged if packaged.is_dir() else here.parent / "templates"
+
+
+@cache
+def _environment(search: tuple[Path, ...]) -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader([str(p) for p in search]),
+        undefined=jinja2.StrictUndefined,
+        autoescape=jinja2.select_autoescape(["html", "xml"], default_for_string=False),
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["longdate"] = lambda d: f"{d.day} {d.strftime('%B %Y')}"
+    return env
+
+
+def template_search_path(config: Config) -> tuple[Path, ...]:
+    own = config.templates_dir
+    builtin = builtin_templates()
+    if own.resolve() == builtin.resolve() or not own.is_dir():
+        return (builtin,)
+    return (own, builtin)
+
+
+def template_env(config: Config) -> jinja2.Environment:
+    return _environment(template_search_path(config))
+
+
+def render_template(config: Config, name: str, context: dict[str, Any]) -> str:
+    """Render one template; errors name the template file and line and what to do."""
+    env = template_env(config)
+    try:
+        template = env.get_template(name)
+        return template.render(context)
+    except jinja2.TemplateNotFound as exc:
+        folders = ", ".join(str(p) for p in template_search_path(config))
+        raise TemplateError(f"template {exc.name!r} not found (looked in {folders})") from None
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(
+            f"{exc.filename or name} line {exc.lineno}: template syntax error: {exc.message}"
+        ) from None
+    except jinja2.UndefinedError as exc:
+        where = _template_frame(exc, name)
+        raise TemplateError(
+            f"{where}: {exc.message}; check the spelling, or see the README for the variables "
+            "templates can use"
+        ) from None
+
+
+def _template_frame(exc: BaseException, fallback: str) -> str:
+    """The innermost template file and line in a traceback (Jinja2 rewrites frames to them)."""
+    found = fallback
+    tb = exc.__traceback__
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if filename.endswith((".html", ".txt", ".css", ".xml")):
+            found = f"{filename} line {tb.tb_lineno}"
+        tb = tb.tb_next
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole issue
+
+
+def web_url_for(config: Config, slug: str) -> str:
+    return f"{config.newsletter.site_url}/archive/{slug}/"
+
+
+def render_issue(config: Config, issue: Issue) -> Rendered:
+    """Render ``issue`` once: email HTML (inlined), plain text and web version."""
+    web_url = web_url_for(config, issue.slug)
+    assets = _PostAssets()
+    counter = [0]  # link reference numbers run through the whole text part
+    links: list[LinkRef] = []
+    note = None
+    if issue.note.strip():
+        note = _render_markdown(
+            issue.note, issue.issue_file, issue.note_line, issue.path, "note", web_url, assets, counter
+        )
+        links.extend(note.links)
+    posts = []
+    for index, post in enumerate(issue.posts, start=1):
+        rendered = _render_markdown(
+            post.body, post.path, post.body_line, post.folder, f"p{index}", web_url, assets, counter
+        )
+        links.extend(rendered.links)
+        posts.append((post, rendered))
+
+    n = config.newsletter
+    shared = {
+        "newsletter": n,
+        "issue": issue,
+        "subject": issue.subject,
+        "preheader": issue.preheader,
+        "date": issue.date,
+        "sign_off": n.sign_off,
+        "author": n.author,
+        "postal_address": n.postal_address,
+        "archive_url": f"{n.site_url}/archive/",
+        "subscribe_url": f"{n.site_url}/subscribe",
+        "issue_web_url": web_url,
+        "recipient": {"name": PLACEHOLDERS["name"], "email": PLACEHOLDERS["email"]},
+        "unsubscribe_url": PLACEHOLDERS["unsubscribe_url"],
+        "web_url": PLACEHOLDERS["web_url"],
+    }
+
+    def context(web: bool) -> dict[str, Any]:
+        def part(r: _PostHtml) -> Markup:
+            return Markup(r.web_html if web else r.email_html)
+
+        return {
+            **shared,
+            "note": {"html": part(note), "text": note.text} if note else None,
+            "posts": [
+                {
+                    "title": post.title,
+                    "author": post.author,
+                    "canonical_url": post.canonical_url,
+                    "summary": post.summary,
+                    "anchor": f"post-{i}",
+                    "html": part(r),
+                    "text": r.text,
+                }
+                for i, (post, r) in enumerate(posts, start=1)
+            ],
+        }
+
+    email_context = context(web=False)
+    html = inline_css(render_template(config, "email.html", email_context))
+    text = _tidy_text(render_template(config, "email.txt", email_context))
+    web_html = render_template(config, "web.html", context(web=True))
+    published = assets.all()
+    return Rendered(
+        issue=issue,
+        subject=issue.subject,
+        preheader=issue.preheader,
+        html=html,
+        text=text,
+        web_html=web_html,
+        web_url=web_url,
+        assets=published,
+        links=tuple(links),
+        source_hashes=source_hashes(config, issue, published),
+    )
+
+
+def inline_css(document: str) -> str:
+    """Inline the CSS of ``<style>`` blocks; rules that cannot be inlined (media queries)
+    stay in one ``<style>`` block in ``<head>``, with their ``!important`` kept."""
+    import logging
+
+    import cssutils
+    from premailer import Premailer
+
+    cssutils.ser.prefs.useMinified()  # the <style> kept in <head> counts against 16 KB
+    inlined = Premailer(
+        document,
+        strip_important=False,
+        keep_style_tags=False,
+        remove_classes=False,
+        disable_validation=True,
+        allow_network=False,
+        cssutils_logging_level=logging.CRITICAL,
+        exclude_pseudoclasses=True,
+    ).transform()
+    if not inlined.lstrip().lower().startswith("<!doctype"):
+        inlined = "<!DOCTYPE html>\n" + inlined
+    return inlined
+
+
+def _tidy_text(text: str) -> str:
+    """No trailing spaces, no runs of more than one blank line, one final newline."""
+    lines = [line.rstrip() for line in text.splitlines()]
+    tidy = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip("\n")
+    return tidy + "\n"
+
+
+def source_hashes(config: Config, issue: Issue, assets: Iterable[Asset]) -> dict[str, str]:
+    """sha256 of every file the rendered issue depends on, keyed by a path relative to the
+    newsletter folder, so that a changed file can be named."""
+    files = [*issue.source_files, *(a.source for a in assets), config.path]
+    for folder in template_search_path(config):
+        files.extend(sorted(p for p in folder.iterdir() if p.is_file()))
+    hashes = {}
+    for path in files:
+        try:
+            key = str(path.resolve().relative_to(config.root))
+        except ValueError:
+            key = str(path)
+        hashes[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return hashes

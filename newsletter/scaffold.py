@@ -1,0 +1,144 @@
+"""Start a newsletter (`init`) and a new issue (`new`)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import CONFIG_NAME, Config
+from .content import ISSUE_FILE, issue_folders, load_issue, slugify
+from .errors import ContentError, NewsletterError
+from .render import builtin_templates
+from .schedule import next_free_slot
+
+GITIGNORE = """\
+.venv/
+dist/
+outbox/
+*.db
+*.db-wal
+*.db-shm
+.env
+"""
+
+CONFIG_TEMPLATE = """\
+# {name}: settings. Secrets (API keys, SMTP password, NEWSLETTER_SECRET) live in the
+# environment or in .env beside this file, never here.
+
+[newsletter]
+name = "{name}"
+description = "A weekly letter."
+site_url = "https://newsletter.example.com"   # where `newsletter serve` or the archive is reachable
+language = "en"
+author = "{author}"
+from = {{ name = "{author}", address = "{address}" }}
+reply_to = "{address}"
+postal_address = ""     # required by law in every message, e.g. "1 Main Street, Springfield"
+sign_off = "Sell well"
+timezone = "{timezone}"
+default_list = "main"
+
+[schedule]
+weekday = "tuesday"
+time = "08:00"
+grace = "6h"
+
+[provider]
+name = "outbox"         # writes .eml files under outbox/; see the README for the others
+
+[database]
+url = "sqlite:///newsletter.db"
+"""
+
+
+class AlreadyExists(NewsletterError):
+    pass
+
+
+def init(folder: Path, name: str | None = None, author: str = "Your Name",
+         address: str = "you@example.com", timezone: str = "UTC") -> list[Path]:
+    """Scaffold a newsletter in ``folder``; refuses to overwrite an existing one."""
+    folder = folder.expanduser()
+    config_path = folder / CONFIG_NAME
+    if config_path.exists():
+        raise AlreadyExists(f"{config_path} already exists; this folder is a newsletter already")
+    folder.mkdir(parents=True, exist_ok=True)
+    title = name or folder.resolve().name.replace("-", " ").replace("_", " ").title()
+    for value in (title, author, address):
+        if '"' in value or "\\" in value or "\n" in value:
+            raise NewsletterError(f"{value!r}: quotes, backslashes and line breaks are not allowed")
+    created = []
+    config_path.write_text(
+        CONFIG_TEMPLATE.format(name=title, author=author, address=address, timezone=timezone),
+        encoding="utf-8",
+    )
+    created.append(config_path)
+    templates = folder / "templates"
+    if not templates.exists():
+        shutil.copytree(builtin_templates(), templates)
+        created.append(templates)
+    issues = folder / "issues"
+    issues.mkdir(exist_ok=True)
+    created.append(issues)
+    gitignore = folder / ".gitignore"
+    if not gitignore.exists():
+        gitignore.write_text(GITIGNORE, encoding="utf-8")
+        created.append(gitignore)
+    env = folder / ".env"
+    if not env.exists():
+        env.write_text(f"NEWSLETTER_SECRET={secrets.token_urlsafe(32)}\n", encoding="utf-8")
+        env.chmod(0o600)
+        created.append(env)
+    return created
+
+
+@dataclass(frozen=True, slots=True)
+class NewIssue:
+    folder: Path
+    files: list[Path]
+    slot: dt.datetime
+
+
+def taken_days(config: Config) -> set[dt.date]:
+    """Days that already have an issue (by send time or folder date)."""
+    days = set()
+    for folder in issue_folders(config.issues_dir):
+        try:
+            days.add(load_issue(folder, config.newsletter.author, config.newsletter.timezone).date)
+        except NewsletterError:
+            continue  # a broken issue still shows up in `check`; it does not block `new`
+    return days
+
+
+def new_issue(config: Config, title: str, now: dt.datetime | None = None,
+              date: dt.date | None = None) -> NewIssue:
+    """Create the next issue folder, dated to the next free weekly slot, with a post stub."""
+    title = title.strip()
+    if not title or "\n" in title:
+        raise ContentError("the title must be one non-empty line")
+    now = now or dt.datetime.now(dt.UTC)
+    if date is None:
+        slot = next_free_slot(config, taken_days(config), now)
+    else:
+        slot = dt.datetime.combine(date, config.schedule.time, tzinfo=config.newsletter.timezone)
+    slug = slugify(title)
+    folder = config.issues_dir / f"{slot.date().isoformat()}-{slug}"
+    if folder.exists():
+        raise AlreadyExists(f"{folder} already exists; choose another title or --date")
+    folder.mkdir(parents=True)
+    quoted = title.replace("\\", "\\\\").replace('"', '\\"')
+    issue_md = folder / ISSUE_FILE
+    issue_md.write_text(
+        f'---\nsubject: "{quoted}"\npreheader: ""\n---\n', encoding="utf-8"
+    )
+    post = folder / f"01-{slug}.md"
+    author = config.newsletter.author.replace('"', '\\"')
+    post.write_text(
+        f'---\ntitle: "{quoted}"\nauthor: "{author}"\n---\n'
+        "Start with the story, then the point. Close with what the reader can do on Monday.\n",
+        encoding="utf-8",
+    )
+    return NewIssue(folder=folder, files=[issue_md, post], slot=slot)
