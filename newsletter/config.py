@@ -168,16 +168,17 @@ def load(path: Path | str | None = None, environ: Mapping[str, str] | None = Non
     path = Path(path) if path else find_config()
     if path.is_dir():
         path = path / CONFIG_NAME
+    shown = _display_path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"file not found: {path}", str(path)) from None
+        raise ConfigError("file not found; run `newsletter init DIR` to start one", shown) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot be read: {exc}", str(path)) from None
+        raise ConfigError(f"cannot be read: {exc}", shown) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"is not valid TOML: {exc}", str(path)) from None
+        raise ConfigError(f"is not valid TOML: {exc}", shown) from None
     env = load_env(path.parent, environ)
     return parse(data, path.resolve(), env)
 
@@ -462,7 +463,7 @@ def parse(data: Mapping[str, Any], path: Path, env: Mapping[str, str]) -> Config
     options = prov.finish(allow_extra=True)
 
     db = _Section("database", data.get("database"), problems)
-    db_url = db.get("url", "sqlite:///newsletter.db", _database_url(root))
+    db_url = db.get("url", resolve_database_url("sqlite:///newsletter.db", root), _database_url(root))
     db.finish()
     env_url = env.get("NEWSLETTER_DATABASE_URL")
     if env_url:
@@ -517,6 +518,6 @@ def parse(data: Mapping[str, Any], path: Path, env: Mapping[str, str]) -> Config
 
 def _display_path(path: Path) -> str:
     try:
-        return str(path.relative_to(Path.cwd()))
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
         return str(path)

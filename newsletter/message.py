@@ -48,6 +48,21 @@ def _split(template: str) -> tuple[list[str], list[str]]:
     return pieces[0::2], pieces[1::2]
 
 
+def ascii_address(address: str) -> str:
+    """The address with its domain in IDNA (xn--) form, as message headers need it."""
+    local, _, domain = address.rpartition("@")
+    if not local.isascii():
+        raise HeaderInjection(
+            f"{address}: addresses with non-ASCII characters before the @ are not supported"
+        )
+    if not domain.isascii():
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise HeaderInjection(f"{address}: the domain is not a valid host name") from None
+    return f"{local}@{domain}"
+
+
 class Personalizer:
     """Fills the per-recipient fields of a rendered issue; built once per issue."""
 
@@ -140,7 +155,7 @@ def build_message(
     n = config.newsletter
     msg = EmailMessage(policy=SMTP)
     msg["From"] = HeaderAddress(display_name=n.sender.name, addr_spec=n.sender.email)
-    msg["To"] = HeaderAddress(display_name=recipient.name, addr_spec=recipient.email)
+    msg["To"] = HeaderAddress(display_name=recipient.name, addr_spec=ascii_address(recipient.email))
     msg["Reply-To"] = n.reply_to
     msg["Subject"] = rendered.subject
     when = date if isinstance(date, dt.datetime) else dt.datetime.now(dt.UTC)

@@ -1,0 +1,148 @@
+from __future__ import annotations
+
+import datetime as dt
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from newsletter import content
+from newsletter.errors import ContentError, IssueNotFound
+
+OSLO = ZoneInfo("Europe/Oslo")
+
+
+def test_front_matter_and_body_line(tmp_path):
+    doc = content.split_front_matter("---\ntitle: Hi\nauthor: Ann\n---\nBody\n", tmp_path / "a.md")
+    assert doc.meta == {"title": "Hi", "author": "Ann"}
+    assert doc.body == "Body\n"
+    assert doc.body_line == 5
+
+
+def test_no_front_matter_is_all_body(tmp_path):
+    doc = content.split_front_matter("Just text\n", tmp_path / "a.md")
+    assert doc.meta == {} and doc.body == "Just text\n" and doc.body_line == 1
+
+
+def test_malformed_yaml_names_file_and_line(tmp_path):
+    text = "---\ntitle: Fine\nauthor: [unclosed\nsummary: x\n---\nBody\n"
+    with pytest.raises(ContentError) as caught:
+        content.split_front_matter(text, tmp_path / "01-post.md")
+    message = str(caught.value)
+    assert message.startswith(f"{tmp_path / '01-post.md'} line ")
+    line = int(message.split(" line ")[1].split(":")[0])
+    assert 3 <= line <= 5  # the unclosed list starts on line 3; YAML notices it by line 5
+    assert "front matter is not valid YAML" in message
+
+
+def test_unclosed_front_matter(tmp_path):
+    with pytest.raises(ContentError, match="line 1: front matter starts with --- but has no closing"):
+        content.split_front_matter("---\ntitle: x\n", tmp_path / "a.md")
+
+
+def test_front_matter_that_is_not_a_mapping(tmp_path):
+    with pytest.raises(ContentError, match="must be key: value pairs"):
+        content.split_front_matter("---\n- a\n- b\n---\n", tmp_path / "a.md")
+
+
+def make_issue(write, slug="2026-12-01-first", issue="---\nsubject: Hello\npreheader: Hi\n---\n", posts=None):
+    write(f"issues/{slug}/issue.md", issue)
+    for name, text in (posts or {"01-a.md": "---\ntitle: A\n---\nAlpha\n"}).items():
+        write(f"issues/{slug}/{name}", text)
+    return slug
+
+
+def test_posts_are_assembled_in_name_order(letter, write):
+    slug = make_issue(write, posts={
+        "02-b.md": "---\ntitle: B\n---\nBeta\n",
+        "01-a.md": "---\ntitle: A\nauthor: Kari\ncanonical_url: https://blog.example.com/a\nsummary: S\n---\nAlpha\n",
+        "10-c.md": "---\ntitle: C\n---\nGamma\n",
+    })
+    issue = content.load_issue(letter / "issues" / slug, "Ann Berg", OSLO)
+    assert [p.title for p in issue.posts] == ["A", "B", "C"]
+    assert issue.posts[0].author == "Kari" and issue.posts[1].author == "Ann Berg"
+    assert issue.posts[0].canonical_url == "https://blog.example.com/a"
+    assert issue.posts[0].summary == "S"
+    assert issue.subject == "Hello" and issue.preheader == "Hi"
+    assert issue.date == dt.date(2026, 12, 1)
+
+
+def test_posts_listed_by_path(letter, write):
+    write("blog/posts/why.md", "---\ntitle: Why\n---\nBecause\n")
+    slug = make_issue(
+        write,
+        issue="---\nsubject: S\nposts:\n  - ../../blog/posts/why.md\n---\nA note.\n",
+        posts={"01-ignored.md": "---\ntitle: Ignored\n---\nx\n"},
+    )
+    issue = content.load_issue(letter / "issues" / slug, "Ann", OSLO)
+    assert [p.title for p in issue.posts] == ["Why"]
+    assert issue.note == "A note.\n"
+
+
+def test_listed_post_that_does_not_exist(letter, write):
+    slug = make_issue(write, issue="---\nsubject: S\nposts: [missing.md]\n---\n")
+    with pytest.raises(ContentError, match="posts lists 'missing.md', which does not exist"):
+        content.load_issue(letter / "issues" / slug, "Ann", OSLO)
+
+
+def test_post_without_title(letter, write):
+    slug = make_issue(write, posts={"01-a.md": "---\nauthor: Ann\n---\nText\n"})
+    with pytest.raises(ContentError) as caught:
+        content.load_issue(letter / "issues" / slug, "Ann", OSLO)
+    assert "01-a.md: title is missing; add `title:" in str(caught.value)
+
+
+def test_unknown_issue_key_is_named(letter, write):
+    slug = make_issue(write, issue="---\nsubjet: Typo\n---\n")
+    with pytest.raises(ContentError, match="unknown front matter key 'subjet'"):
+        content.load_issue(letter / "issues" / slug, "Ann", OSLO)
+
+
+def test_issue_without_posts(letter, write):
+    write("issues/2026-12-01-empty/issue.md", "---\nsubject: S\n---\n")
+    with pytest.raises(ContentError, match="the issue has no posts"):
+        content.load_issue(letter / "issues" / "2026-12-01-empty", "Ann", OSLO)
+
+
+def test_send_at_without_offset_is_in_the_newsletter_zone(letter, write):
+    slug = make_issue(write, issue="---\nsubject: S\nsend_at: 2026-03-31 09:00\n---\n")
+    issue = content.load_issue(letter / "issues" / slug, "Ann", OSLO)
+    assert issue.send_at == dt.datetime(2026, 3, 31, 9, 0, tzinfo=OSLO)
+    assert issue.send_at.utcoffset() == dt.timedelta(hours=2)  # summer time
+    assert issue.date == dt.date(2026, 3, 31)
+
+
+def test_send_at_with_offset_and_bad_value(letter, write):
+    assert content.parse_send_at("2026-12-08T09:00:00+01:00", OSLO, "x").utcoffset() == dt.timedelta(hours=1)
+    with pytest.raises(ContentError, match="is not a date and time"):
+        content.parse_send_at("next tuesday", OSLO, "issue.md")
+
+
+def test_resolve_issue_by_slug_path_short_slug_and_newest(letter, write):
+    make_issue(write, "2026-12-01-first")
+    make_issue(write, "2026-12-08-second")
+    issues = letter / "issues"
+    assert content.resolve_issue(issues, None).name == "2026-12-08-second"
+    assert content.resolve_issue(issues, "2026-12-01-first").name == "2026-12-01-first"
+    assert content.resolve_issue(issues, "first").name == "2026-12-01-first"
+    assert content.resolve_issue(issues, "issues/2026-12-01-first/").name == "2026-12-01-first"
+
+
+def test_unknown_issue_lists_the_ones_that_exist(letter, write):
+    make_issue(write, "2026-12-01-first")
+    with pytest.raises(IssueNotFound) as caught:
+        content.resolve_issue(letter / "issues", "nope")
+    assert "no issue 'nope'" in str(caught.value)
+    assert "(issues: 2026-12-01-first)" in str(caught.value)
+
+
+def test_no_issues_at_all(letter):
+    with pytest.raises(IssueNotFound, match="newsletter new"):
+        content.resolve_issue(letter / "issues", None)
+
+
+@pytest.mark.parametrize(
+    ("title", "slug"),
+    [("Why quotas fail", "why-quotas-fail"), ("Sälj bra: 5 tips!", "salj-bra-5-tips"), ("???", "issue")],
+)
+def test_slugify(title, slug):
+    assert content.slugify(title) == slug

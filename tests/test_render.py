@@ -1,0 +1,239 @@
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from newsletter import build, render
+from newsletter import config as cfg
+from newsletter.errors import TemplateError
+from newsletter.message import Personalizer, Recipient, build_message, field_values
+
+REPO = Path(__file__).resolve().parent.parent
+GOLDEN = Path(__file__).parent / "golden"
+
+
+@pytest.fixture
+def sample(tmp_path, monkeypatch):
+    """A copy of this repository's own newsletter: its config, templates and sample issues."""
+    shutil.copy(REPO / "newsletter.toml", tmp_path / "newsletter.toml")
+    shutil.copytree(REPO / "issues", tmp_path / "issues")
+    monkeypatch.chdir(tmp_path)
+    return cfg.load(tmp_path / "newsletter.toml", environ={})
+
+
+POST = """\
+---
+title: "Tables, notes and code"
+canonical_url: https://blog.example.com/t
+---
+# Top heading
+
+Some *emphasis*, **strong**, ~~struck~~ and `code`.[^1]
+
+| Stage | Win rate |
+|-------|----------|
+| Demo  | 40%      |
+
+> A reader wrote in
+> with two lines.
+
+- one
+- two
+
+```
+pipeline = []
+```
+
+![A chart](chart.png) and [a link](https://example.com/x) and [the paper](paper.pdf).
+
+[^1]: A footnote.
+"""
+
+
+@pytest.fixture
+def letter_issue(letter, write):
+    write("issues/2026-12-01-t/issue.md", "---\nsubject: Tables\npreheader: Pre\n---\nEditor's *note*.\n")
+    write("issues/2026-12-01-t/01-t.md", POST)
+    (letter / "issues/2026-12-01-t/chart.png").write_bytes(b"\x89PNG fake")
+    (letter / "issues/2026-12-01-t/paper.pdf").write_bytes(b"%PDF fake")
+    config = cfg.load(letter / "newsletter.toml", environ={})
+    return config, build.render(config, "2026-12-01-t")
+
+
+def test_markdown_extensions_render(letter_issue):
+    _, r = letter_issue
+    html = r.html
+    assert "<table" in html and "Win rate" in html  # tables
+    assert "<s" in html and "struck" in html  # strikethrough
+    assert 'class="footnote-ref"' in html and "A footnote." in html  # footnotes
+    assert "<blockquote" in html and "<pre" in html and "<ul" in html
+    # a post's top heading sits below the post title (h2)
+    assert re.search(r"<h3[^>]*>Top heading</h3>", html)
+
+
+def test_email_html_structure(letter_issue):
+    config, r = letter_issue
+    html = r.html
+    assert html.startswith("<!DOCTYPE html>")
+    assert '<html lang="en"' in html
+    assert '<meta name="viewport"' in html
+    assert '<meta name="color-scheme" content="light dark">' in html
+    assert '<meta name="supported-color-schemes" content="light dark">' in html
+    assert "<!--[if mso]>" in html  # Outlook fixed-width wrapper
+    assert 'role="presentation"' in html
+    body = html.split("<body", 1)[1]
+    first = re.search(r"<(\w+)[^>]*>", body.split(">", 1)[1]).group(0)
+    assert 'class="preheader"' in first and "display:none" in first and "mso-hide:all" in first
+    assert "Pre" in body.split("</div>", 1)[0]
+    # header: name and date; each post title and byline; sign-off and footer
+    assert config.newsletter.name in html and "1 December 2026" in html
+    assert "Tables, notes and code" in html and "By Ann Berg" in html
+    assert "Read on the web" in html
+    assert re.search(r">Sell well</p>\s*<p[^>]*>Ann Berg</p>", html)
+    assert "1 Test Street, Oslo" in html
+    assert 'href="[[nl:unsubscribe_url]]"' in html and 'href="[[nl:web_url]]"' in html
+
+
+def test_css_is_inlined_and_media_queries_kept_in_one_head_block(letter_issue):
+    _, r = letter_issue
+    head, body = r.html.split("</head>", 1)
+    assert head.count("<style") == 1
+    assert "@media screen and (max-width:600px)" in head and "!important" in head
+    assert "prefers-color-scheme:dark" in head
+    assert "<style" not in body
+    assert re.search(r'<blockquote style="[^"]*border-left:4px solid', body)
+
+
+def test_links_made_absolute_for_email_relative_for_web(letter_issue):
+    config, r = letter_issue
+    base = "https://letter.example.com/archive/2026-12-01-t/"
+    assert r.web_url == base
+    assert f'src="{base}chart.png"' in r.html
+    assert f'href="{base}paper.pdf"' in r.html
+    assert 'src="chart.png"' in r.web_html and 'href="paper.pdf"' in r.web_html
+    assert {a.name for a in r.assets} == {"chart.png", "paper.pdf"}
+
+
+def test_placeholders_survive_inlining_and_text(letter_issue):
+    _, r = letter_issue
+    for name in render.FIELDS:
+        marker = render.PLACEHOLDERS[name]
+        if name != "name":
+            assert marker in r.html, name
+            assert marker in r.text, name
+    # premailer would URL-encode a space or make a relative href absolute: neither happened
+    assert "%5B%5Bnl" not in r.html and "[[nl:unsubscribe_url]]" in r.html
+
+
+def test_personalisation_fills_fields_without_rerendering(letter_issue, monkeypatch):
+    config, r = letter_issue
+    calls = []
+    monkeypatch.setattr(render, "inline_css", lambda *a: calls.append(a))
+    p = Personalizer(r)
+    for n in range(50):
+        values = field_values(
+            Recipient(f"r{n}@example.com", f"Reader {n}"), f"https://u/{n}", r.web_url
+        )
+        html, text = p.html(values), p.text(values)
+        assert f"r{n}@example.com" in html and f"https://u/{n}" in text
+        assert "[[nl:" not in html and "[[nl:" not in text
+    assert calls == []  # nothing was inlined (or rendered) again
+
+
+def test_personalised_html_escapes_values(letter_issue):
+    _, r = letter_issue
+    html = Personalizer(r).html(
+        field_values(Recipient('x"<script>@example.com', "<b>"), "https://u/?a=1&b=2", r.web_url)
+    )
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert 'href="https://u/?a=1&amp;b=2"' in html
+
+
+def test_text_part_reads_on_its_own(letter_issue):
+    _, r = letter_issue
+    text = r.text
+    assert "Top heading\n===========" in text
+    assert "> A reader wrote in with two lines." in text
+    assert "- one\n- two" in text
+    assert "    pipeline = []" in text
+    assert "a link [1]" in text and "[1] https://example.com/x" in text
+    assert "[2] https://letter.example.com/archive/2026-12-01-t/paper.pdf" in text
+    assert "[A chart]" in text
+    assert "Notes\n-----\n[^1] A footnote." in text
+    assert "Sell well\nAnn Berg" in text
+    assert "Unsubscribe: [[nl:unsubscribe_url]]" in text
+    assert "1 Test Street, Oslo" in text
+    assert all(len(line) <= 80 for line in text.splitlines() if "http" not in line)
+    assert "<" not in text.replace("<b>", "")
+
+
+def test_sample_issue_text_matches_golden(sample):
+    """The plain-text part of the repository's first sample issue, line by line."""
+    r = build.render(sample, "2026-12-01-the-quota-is-not-the-goal")
+    golden = GOLDEN / "the-quota-is-not-the-goal.txt"
+    if os.environ.get("UPDATE_GOLDEN"):
+        golden.parent.mkdir(exist_ok=True)
+        golden.write_text(r.text, encoding="utf-8")
+    assert r.text == golden.read_text(encoding="utf-8")
+
+
+def test_sample_issue_quotes_a_reader_and_signs_off(sample):
+    r = build.render(sample, "2026-12-01-the-quota-is-not-the-goal")
+    assert "<blockquote" in r.html
+    assert "Sell well" in r.html and "Sell well" in r.text
+
+
+def test_unknown_template_variable_names_file_and_line(letter_issue, letter, write):
+    config, _ = letter_issue
+    shutil.copytree(render.builtin_templates(), letter / "templates")
+    path = letter / "templates" / "email.txt"
+    lines = path.read_text().splitlines()
+    lines.insert(2, "{{ newsletter.nmae }}")
+    path.write_text("\n".join(lines) + "\n")
+    render._environment.cache_clear()
+    with pytest.raises(TemplateError) as caught:
+        build.render(config, "2026-12-01-t")
+    message = str(caught.value)
+    assert message.startswith(f"{path} line 3: ")
+    assert "nmae" in message
+
+
+def test_missing_template_names_folders(letter_issue, letter):
+    config, _ = letter_issue
+    with pytest.raises(TemplateError, match="template 'nope.html' not found"):
+        render.render_template(config, "nope.html", {})
+
+
+def test_message_is_complete_mime(letter_issue):
+    config, r = letter_issue
+    msg = build_message(
+        config, r, Recipient("asa@bücher.example", "Åsa Lindqvist"),
+        list_name="main", unsubscribe="https://letter.example.com/unsubscribe/TOKEN",
+    )
+    raw = msg.as_bytes()
+    assert msg.get_content_type() == "multipart/alternative"
+    parts = [p.get_content_type() for p in msg.iter_parts()]
+    assert parts == ["text/plain", "text/html"]
+    assert msg["List-Unsubscribe"] == "<https://letter.example.com/unsubscribe/TOKEN>"
+    assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert msg["List-Id"] == "Test Letter <main.letter.example.com>"
+    assert msg["Message-ID"].endswith("@example.com>")
+    assert b"=?utf-8?" in raw  # the non-ASCII name is encoded
+    assert b"asa@xn--bcher-kva.example" in raw  # the domain in IDNA form
+    html = msg.get_body(("html",)).get_content()
+    assert "https://letter.example.com/unsubscribe/TOKEN" in html
+    assert "asa@bücher.example" in html
+
+
+def test_header_injection_is_refused(letter_issue):
+    from newsletter.message import HeaderInjection
+
+    with pytest.raises(HeaderInjection):
+        Recipient("ann@example.com\r\nBcc: all@example.com")
+    config, r = letter_issue
+    with pytest.raises(HeaderInjection, match="non-ASCII characters before the @"):
+        build_message(config, r, Recipient("åsa@example.com"), list_name="main", unsubscribe="https://u/x")
