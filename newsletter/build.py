@@ -4,7 +4,6 @@ the end, so a failed build never leaves a half-written folder behind."""
 
 from __future__ import annotations
 
-import datetime as dt
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ from pathlib import Path
 from .checks import Finding, run_checks
 from .config import Config
 from .content import Issue, load_issue, resolve_issue
-from .message import Personalizer, Recipient, build_message, field_values, unsubscribe_url
+from .message import MessageTemplate, Recipient, field_values, message_id, unsubscribe_url
 from .render import Rendered, render_issue
 
 SAMPLE_RECIPIENT = Recipient(email="reader@example.com", name="Sample Reader")
@@ -61,25 +60,17 @@ def build(config: Config, name: str | None, out_dir: Path | None = None) -> Buil
     try:
         list_name = rendered.issue.list_name or config.newsletter.default_list
         unsubscribe = sample_unsubscribe_url(config, list_name)
-        personalizer = Personalizer(rendered)
-        message = build_message(
-            config,
-            rendered,
-            SAMPLE_RECIPIENT,
-            list_name=list_name,
-            unsubscribe=unsubscribe,
-            personalizer=personalizer,
-            date=dt.datetime.now(dt.UTC),
-        )
+        template = MessageTemplate(config, rendered, list_name)
+        message = template.bytes_for(SAMPLE_RECIPIENT, unsubscribe, message_id(config))
         # The email as the sample reader sees it, with images from the local web/ folder
         # (the published copies do not exist until the issue is archived).
-        preview = personalizer.html(
+        preview = template.personalizer.html(
             field_values(SAMPLE_RECIPIENT, unsubscribe, "web/index.html")
         ).replace(rendered.web_url, "web/")
         (staging / "preview.html").write_text(preview, encoding="utf-8")
         (staging / "email.html").write_text(rendered.html, encoding="utf-8")
         (staging / "email.txt").write_text(rendered.text, encoding="utf-8")
-        (staging / "message.eml").write_bytes(message.as_bytes())
+        (staging / "message.eml").write_bytes(message)
         web = staging / "web"
         web.mkdir()
         (web / "index.html").write_text(rendered.web_html, encoding="utf-8")

@@ -10,7 +10,7 @@ import pytest
 from newsletter import build, render
 from newsletter import config as cfg
 from newsletter.errors import TemplateError
-from newsletter.message import Personalizer, Recipient, build_message, field_values
+from newsletter.message import MessageTemplate, Personalizer, Recipient, field_values
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).parent / "golden"
@@ -208,25 +208,54 @@ def test_missing_template_names_folders(letter_issue, letter):
         render.render_template(config, "nope.html", {})
 
 
+def parse(raw: bytes):
+    import email
+    from email import policy
+
+    return email.message_from_bytes(raw, policy=policy.default)
+
+
 def test_message_is_complete_mime(letter_issue):
     config, r = letter_issue
-    msg = build_message(
-        config, r, Recipient("asa@bücher.example", "Åsa Lindqvist"),
-        list_name="main", unsubscribe="https://letter.example.com/unsubscribe/TOKEN",
+    template = MessageTemplate(config, r, "main")
+    raw = template.bytes_for(
+        Recipient("asa@bücher.example", "Åsa Lindqvist, \"Sales\""),
+        "https://letter.example.com/unsubscribe/TOKEN",
+        "<c1.42@example.com>",
     )
-    raw = msg.as_bytes()
+    assert b"\n" not in raw.replace(b"\r\n", b"")  # CRLF only
+    assert all(len(line) <= 998 for line in raw.split(b"\r\n"))
+    msg = parse(raw)
     assert msg.get_content_type() == "multipart/alternative"
-    parts = [p.get_content_type() for p in msg.iter_parts()]
-    assert parts == ["text/plain", "text/html"]
+    assert [p.get_content_type() for p in msg.iter_parts()] == ["text/plain", "text/html"]
+    assert msg["From"] == "Ann Berg <ann@example.com>"
+    assert msg["Reply-To"] == "ann@example.com"
+    assert msg["Subject"] == "Tables"
+    assert msg["Date"] and msg["Message-ID"] == "<c1.42@example.com>"
     assert msg["List-Unsubscribe"] == "<https://letter.example.com/unsubscribe/TOKEN>"
     assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert msg["List-Id"] == "Test Letter <main.letter.example.com>"
-    assert msg["Message-ID"].endswith("@example.com>")
+    to = msg["To"].addresses[0]
+    assert to.display_name == 'Åsa Lindqvist, "Sales"'
+    assert to.addr_spec == "asa@xn--bcher-kva.example"  # the domain in IDNA form
     assert b"=?utf-8?" in raw  # the non-ASCII name is encoded
-    assert b"asa@xn--bcher-kva.example" in raw  # the domain in IDNA form
     html = msg.get_body(("html",)).get_content()
-    assert "https://letter.example.com/unsubscribe/TOKEN" in html
-    assert "asa@bücher.example" in html
+    text = msg.get_body(("plain",)).get_content()
+    assert html.replace("\r\n", "\n") == Personalizer(r).html(field_values(
+        Recipient("asa@bücher.example", 'Åsa Lindqvist, "Sales"'),
+        "https://letter.example.com/unsubscribe/TOKEN", r.web_url)).replace("\r\n", "\n")
+    assert "Unsubscribe: https://letter.example.com/unsubscribe/TOKEN" in text
+    assert "asa@bücher.example" in text
+
+
+def test_non_ascii_subject_is_encoded(letter, write):
+    write("issues/2026-12-01-u/issue.md", "---\nsubject: Sälj väl – vecka 49\n---\n")
+    write("issues/2026-12-01-u/01-a.md", "---\ntitle: Å\n---\nText\n")
+    config = cfg.load(letter / "newsletter.toml", environ={})
+    r = build.render(config, "2026-12-01-u")
+    raw = MessageTemplate(config, r, "main").bytes_for(Recipient("a@example.com"), "https://u/t", "<x@example.com>")
+    assert raw.isascii()
+    assert parse(raw)["Subject"] == "Sälj väl – vecka 49"
 
 
 def test_header_injection_is_refused(letter_issue):
@@ -235,5 +264,6 @@ def test_header_injection_is_refused(letter_issue):
     with pytest.raises(HeaderInjection):
         Recipient("ann@example.com\r\nBcc: all@example.com")
     config, r = letter_issue
+    template = MessageTemplate(config, r, "main")
     with pytest.raises(HeaderInjection, match="non-ASCII characters before the @"):
-        build_message(config, r, Recipient("åsa@example.com"), list_name="main", unsubscribe="https://u/x")
+        template.bytes_for(Recipient("åsa@example.com"), "https://u/x", "<x@example.com>")
