@@ -53,3 +53,29 @@ def letter(tmp_path: Path, write, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "issues").mkdir()
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+# --- provider fixtures ---
+
+
+@pytest.fixture
+def configure(letter: Path):
+    """configure(provider_toml, env) -> Config: the letter folder with a [provider] section."""
+    from newsletter import config as cfg
+
+    def _configure(provider: str = "", env: dict[str, str] | None = None, extra: str = ""):
+        (letter / "newsletter.toml").write_text(
+            BASIC_TOML + ("\n[provider]\n" + textwrap.dedent(provider) if provider else "") + extra
+        )
+        return cfg.load(letter / "newsletter.toml", environ=env or {})
+
+    return _configure
+
+
+@pytest.fixture
+def sample_issue(letter: Path, write):
+    """A two-post issue in the letter folder; returns its slug."""
+    write("issues/2026-12-01-sample/issue.md", "---\nsubject: Sälj väl\npreheader: Pre\n---\n")
+    write("issues/2026-12-01-sample/01-a.md", "---\ntitle: A\n---\nHello reader.\n")
+    write("issues/2026-12-01-sample/02-b.md", "---\ntitle: B\n---\n> quoted\n\nMore.\n")
+    return "2026-12-01-sample"

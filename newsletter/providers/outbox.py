@@ -1,0 +1,59 @@
+"""The outbox: every message becomes an .eml file under ``outbox/<campaign>/``.
+
+Nothing leaves the machine; open the files in any mail client to see exactly what readers
+would get. Writing a message again replaces its file, so a resumed batch never delivers twice.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from . import Batch, Outcome, Provider
+
+
+class OutboxProvider(Provider):
+    name = "outbox"
+    max_batch = 200
+    default_concurrency = 1
+    idempotent = True
+
+    def setup(self) -> None:
+        folder = self.option("path", "outbox")
+        self.folder = (self.config.root / folder).resolve()
+
+    def check(self) -> str:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(self.folder, os.W_OK):
+            from . import FatalError
+
+            raise FatalError(f"outbox: {self.folder} is not writable")
+        return f"outbox: messages are written under {self.folder}"
+
+    def send_batch(self, batch: Batch) -> list[Outcome]:
+        folder = self.folder / _safe(batch.label)
+        folder.mkdir(parents=True, exist_ok=True)
+        outcomes = []
+        for env in batch.envelopes:
+            data = batch.template.bytes_for(env.recipient, env.unsubscribe_url, env.message_id)
+            path = folder / f"{env.key:08d}-{_safe(env.recipient.email)}.eml"
+            _write_atomically(path, data)
+            outcomes.append(Outcome(env.key, "sent", provider_id=path.name))
+        return outcomes
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9@._+-]", "_", text)[:120]
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

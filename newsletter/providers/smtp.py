@@ -1,0 +1,185 @@
+"""SMTP: any mail server. One connection per worker, reused for every message, reopened
+after a drop; N workers send in parallel.
+
+Each message is sent as MAIL, RCPT, DATA separately so that a failure is placed exactly:
+before DATA nothing was delivered and the message is retried on a fresh connection; a
+connection lost during DATA leaves that one message's outcome unknown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import smtplib
+import socket
+import ssl
+import threading
+
+from . import Batch, FatalError, Outcome, Provider, TransientError
+
+SECURITY = ("starttls", "ssl", "none")
+
+
+class SmtpProvider(Provider):
+    name = "smtp"
+    max_batch = 100
+    default_concurrency = 2
+
+    def setup(self) -> None:
+        self.host = self.option("host", required=True)
+        port = self.option("port", 587, int)
+        self.port = port
+        default_security = "ssl" if port == 465 else "starttls" if port == 587 else "none"
+        self.security = self.option("security", default_security)
+        if self.security not in SECURITY:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"[provider] security: {self.security!r} is not one of {', '.join(SECURITY)}")
+        self.username = self.option("username")
+        self.password = self.config.secret("SMTP_PASSWORD")
+        if self.username and not self.password:
+            self.require_secret("SMTP_PASSWORD")
+        self.timeout = float(self.option("timeout", 30, (int, float)))
+        self.envelope_from = self.option("envelope_from", self.config.newsletter.sender.email)
+        self.verify_tls = self.option("verify_tls", True, bool)
+        self._local = threading.local()
+        self._all: list[smtplib.SMTP] = []
+        self._lock = threading.Lock()
+
+    @property
+    def where(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def _connect(self) -> smtplib.SMTP:
+        context = ssl.create_default_context()
+        if not self.verify_tls:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        try:
+            if self.security == "ssl":
+                conn: smtplib.SMTP = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, context=context)
+            else:
+                conn = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+            conn.ehlo()
+            if self.security == "starttls":
+                conn.starttls(context=context)
+                conn.ehlo()
+            if self.username:
+                conn.login(self.username, self.password or "")
+        except smtplib.SMTPAuthenticationError as exc:
+            raise FatalError(
+                f"smtp {self.where}: login as {self.username} refused ({exc.smtp_code}); check "
+                "[provider] username and SMTP_PASSWORD"
+            ) from None
+        except smtplib.SMTPNotSupportedError as exc:
+            raise FatalError(f"smtp {self.where}: {exc}; check [provider] security") from None
+        except ssl.SSLError as exc:
+            raise FatalError(f"smtp {self.where}: TLS failed ({exc.reason}); check [provider] security and port") from None
+        except (OSError, smtplib.SMTPException) as exc:
+            raise TransientError(f"smtp {self.where}: cannot connect: {_describe(exc)}") from None
+        with self._lock:
+            self._all.append(conn)
+        return conn
+
+    def _connection(self) -> smtplib.SMTP:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+        return conn
+
+    def _drop(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
+            with contextlib.suppress(OSError):
+                conn.close()
+
+    def check(self) -> str:
+        conn = self._connect()
+        try:
+            conn.noop()
+        finally:
+            with contextlib.suppress(OSError, smtplib.SMTPException):
+                conn.quit()
+        login = f" as {self.username}" if self.username else ""
+        return f"smtp: connected to {self.where} ({self.security}){login}"
+
+    def send_batch(self, batch: Batch) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        for index, env in enumerate(batch.envelopes):
+            data = batch.template.bytes_for(env.recipient, env.unsubscribe_url, env.message_id)
+            rcpt = env.recipient.email
+            for attempt in (1, 2):
+                try:
+                    conn = self._connection()
+                except (TransientError, FatalError) as exc:
+                    exc.partial = outcomes
+                    raise
+                stage = "mail"
+                try:
+                    code, reply = conn.mail(self.envelope_from)
+                    if code != 250:
+                        self._reset(conn)
+                        if 400 <= code < 500:
+                            raise TransientError(f"smtp {self.where}: sender refused for now ({code})", partial=outcomes)
+                        raise FatalError(
+                            f"smtp {self.where}: the server refused the sender {self.envelope_from} "
+                            f"({code} {_text(reply)}); check [newsletter] from", partial=outcomes,
+                        )
+                    stage = "rcpt"
+                    code, reply = conn.rcpt(rcpt)
+                    if code not in (250, 251):
+                        self._reset(conn)
+                        status = "retry" if 400 <= code < 500 else "failed"
+                        outcomes.append(Outcome(env.key, status, reason=f"{code} {_text(reply)}"))
+                        break
+                    stage = "data"
+                    code, reply = conn.data(data)
+                    if code == 250:
+                        outcomes.append(Outcome(env.key, "sent", provider_id=_text(reply)[:200] or None))
+                    else:
+                        status = "retry" if 400 <= code < 500 else "failed"
+                        outcomes.append(Outcome(env.key, status, reason=f"{code} {_text(reply)}"))
+                    break
+                except smtplib.SMTPDataError as exc:  # DATA refused before the body went out
+                    status = "retry" if 400 <= exc.smtp_code < 500 else "failed"
+                    outcomes.append(Outcome(env.key, status, reason=f"{exc.smtp_code} {_text(exc.smtp_error)}"))
+                    self._reset(conn)
+                    break
+                except (smtplib.SMTPServerDisconnected, OSError) as exc:
+                    self._drop()
+                    if stage == "data":
+                        outcomes.append(
+                            Outcome(env.key, "unknown", reason=f"connection lost while sending: {_describe(exc)}")
+                        )
+                        break
+                    if attempt == 2:
+                        remaining = [Outcome(e.key, "retry", reason=f"connection lost: {_describe(exc)}")
+                                     for e in batch.envelopes[index:]]
+                        return outcomes + remaining
+        return outcomes
+
+    @staticmethod
+    def _reset(conn: smtplib.SMTP) -> None:
+        with contextlib.suppress(OSError, smtplib.SMTPException):
+            conn.rset()
+
+    def close(self) -> None:
+        with self._lock:
+            connections, self._all = self._all, []
+        for conn in connections:
+            try:
+                conn.quit()
+            except (OSError, smtplib.SMTPException):
+                with contextlib.suppress(OSError):
+                    conn.close()
+
+
+def _text(reply: bytes | str) -> str:
+    return reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, socket.timeout | TimeoutError):
+        return "timed out"
+    return str(exc) or type(exc).__name__

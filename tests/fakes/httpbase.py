@@ -1,0 +1,137 @@
+"""A small threaded HTTP server on 127.0.0.1 for imitating an email service's API.
+
+Each fake subclasses :class:`FakeService`, implements ``handle(request) -> Reply`` and gets:
+a random free port, a script of failures to play before normal answers (429 with
+Retry-After, 500, a hung connection, a dropped connection), and a record of what it accepted.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]  # lower-cased names
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body.decode("utf-8"))
+
+
+@dataclass
+class Reply:
+    status: int
+    body: Any = None  # dict/list → JSON; str/bytes as is
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def json_reply(status: int, body: Any, **headers: str) -> Reply:
+    return Reply(status, body, {"Content-Type": "application/json", **headers})
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    service: FakeService
+
+    def log_message(self, *args: Any) -> None:  # quiet
+        pass
+
+    def _serve(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        parts = urlsplit(self.path)
+        request = Request(
+            self.command, parts.path, parse_qs(parts.query),
+            {k.lower(): v for k, v in self.headers.items()}, body,
+        )
+        fault = self.service.next_fault(request)
+        if fault == "hang":
+            time.sleep(self.service.hang_seconds)
+            self.close_connection = True
+            return
+        if fault == "drop":
+            self.service.dropped += 1
+            self.close_connection = True
+            self.connection.close()
+            return
+        reply = fault if isinstance(fault, Reply) else self.service.dispatch(request)
+        data = reply.body
+        if isinstance(data, dict | list):
+            data = json.dumps(data).encode()
+        elif isinstance(data, str):
+            data = data.encode()
+        elif data is None:
+            data = b""
+        self.send_response(reply.status)
+        for name, value in reply.headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = do_PUT = do_DELETE = _serve
+
+
+class FakeService:
+    """Base of the fakes. ``faults`` is played in order, one entry per matching request:
+    an int status (429 gets Retry-After), "hang", "drop" or a Reply."""
+
+    fault_paths: tuple[str, ...] = ()  # requests that consume faults (all when empty)
+
+    def __init__(self) -> None:
+        self.faults: list[Any] = []
+        self.hang_seconds = 3.0
+        self.retry_after = "1"
+        self.requests: list[Request] = []
+        self.dropped = 0
+        self.lock = threading.Lock()
+        handler = type("Handler", (_Handler,), {"service": self})
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        self.thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def next_fault(self, request: Request) -> Any:
+        with self.lock:
+            self.requests.append(request)
+            if self.fault_paths and not request.path.startswith(self.fault_paths):
+                return None
+            if not self.faults:
+                return None
+            fault = self.faults.pop(0)
+        if isinstance(fault, int):
+            headers = {"Retry-After": self.retry_after} if fault == 429 else {}
+            return json_reply(fault, {"ErrorCode": fault, "Message": f"fault {fault}"}, **headers)
+        return fault
+
+    def dispatch(self, request: Request) -> Reply:
+        raise NotImplementedError
+
+    def start(self) -> FakeService:
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def __enter__(self) -> FakeService:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,108 @@
+"""A real SMTP server on 127.0.0.1 (aiosmtpd) that keeps what it receives and can refuse
+recipients, drop the connection mid-DATA or close idle connections, for the SMTP tests."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import socket
+import ssl
+import threading
+from pathlib import Path
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, list[str], bytes]] = []
+        self.rules: dict[str, str] = {}  # recipient -> SMTP reply, e.g. "450 4.2.0 later"
+        self.drop_data_for: set[str] = set()
+        self.close_after_each = False
+        self.connections = 0
+        self.lock = threading.Lock()
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        return responses
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        rule = self.rules.get(address)
+        if rule:
+            return rule
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        if set(envelope.rcpt_tos) & self.drop_data_for:
+            with self.lock:
+                self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
+            server.transport.close()  # accepted, but the client never hears so
+            return "250 OK"
+        with self.lock:
+            self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
+        if self.close_after_each:
+            asyncio.get_running_loop().call_later(0.01, server.transport.close)
+        return "250 2.0.0 Ok: queued as X"
+
+
+class Authenticator:
+    def __init__(self, username: str, password: str) -> None:
+        self.username, self.password = username, password
+
+    def __call__(self, server, session, envelope, mechanism, auth_data):
+        ok = (
+            isinstance(auth_data, LoginPassword)
+            and auth_data.login.decode() == self.username
+            and auth_data.password.decode() == self.password
+        )
+        return AuthResult(success=ok, handled=False)
+
+
+class CountingController(Controller):
+    def factory(self):
+        server = super().factory()
+        self.handler.connections += 1
+        return server
+
+
+def self_signed_context(folder: Path) -> ssl.SSLContext:
+    """A TLS context with a fresh self-signed certificate for 127.0.0.1."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=1)).sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_path, key_path)
+    return context
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_sink(sink: Sink | None = None, **kwargs) -> tuple[CountingController, Sink]:
+    sink = sink or Sink()
+    controller = CountingController(sink, hostname="127.0.0.1", port=free_port(), **kwargs)
+    controller.start()
+    return controller, sink
+
+
+def port_of(controller: Controller) -> int:
+    return controller.port

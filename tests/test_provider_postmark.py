@@ -1,0 +1,135 @@
+"""The Postmark adapter against a local server that follows Postmark's batch API."""
+
+from __future__ import annotations
+
+import pytest
+
+from newsletter import build
+from newsletter.errors import ConfigError
+from newsletter.message import MessageTemplate, Recipient
+from newsletter.providers import (
+    Batch,
+    Envelope,
+    FatalError,
+    TransientError,
+    UnknownOutcome,
+    get_provider,
+)
+
+from .fakes.postmark import TOKEN, FakePostmark
+
+
+@pytest.fixture
+def fake():
+    with FakePostmark() as service:
+        service.hang_seconds = 2.5
+        yield service
+
+
+@pytest.fixture
+def postmark(fake, configure, sample_issue):
+    config = configure(
+        f'name = "postmark"\nbase_url = "{fake.url}"\ntimeout = 1\n',
+        env={"POSTMARK_SERVER_TOKEN": TOKEN},
+    )
+    provider = get_provider(config)
+    template = MessageTemplate(config, build.render(config, sample_issue), "main")
+    yield provider, template
+    provider.close()
+
+
+def batch_of(template, addresses):
+    envelopes = [
+        Envelope(i, Recipient(a, f"Reader {i}"), f"https://letter.example.com/unsubscribe/t{i}", f"<c.{i}@example.com>")
+        for i, a in enumerate(addresses, start=1)
+    ]
+    return Batch(template, envelopes, idempotency_key="c1-b1", label="c1")
+
+
+def test_batch_is_sent_with_headers_stream_and_bodies(postmark, fake):
+    provider, template = postmark
+    outcomes = provider.send_batch(batch_of(template, ["a@example.com", "b@example.org"]))
+    assert [o.status for o in outcomes] == ["sent", "sent"]
+    assert all(o.provider_id for o in outcomes)
+    first = fake.messages[0]
+    assert first["To"] == "Reader 1 <a@example.com>"
+    assert first["From"] == "Ann Berg <ann@example.com>"
+    assert first["Subject"] == "Sälj väl"
+    assert first["MessageStream"] == "broadcast"
+    headers = {h["Name"]: h["Value"] for h in first["Headers"]}
+    assert headers["List-Unsubscribe"] == "<https://letter.example.com/unsubscribe/t1>"
+    assert headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert "https://letter.example.com/unsubscribe/t1" in first["HtmlBody"]
+    assert "https://letter.example.com/unsubscribe/t1" in first["TextBody"]
+    assert "[[nl:" not in first["HtmlBody"]
+
+
+def test_partial_failures_map_to_each_recipient(postmark, fake):
+    provider, template = postmark
+    fake.inactive = {"gone@example.com"}
+    outcomes = provider.send_batch(batch_of(template, ["a@example.com", "gone@example.com", "c@example.com"]))
+    assert [o.status for o in outcomes] == ["sent", "failed", "sent"]
+    assert outcomes[1].reason.startswith("postmark 406:")
+    assert len(fake.messages) == 2
+
+
+def test_bad_token_stops_with_the_variable_named(fake, configure, sample_issue):
+    config = configure(f'name = "postmark"\nbase_url = "{fake.url}"\n', env={"POSTMARK_SERVER_TOKEN": "wrong-token"})
+    provider = get_provider(config)
+    template = MessageTemplate(config, build.render(config, sample_issue), "main")
+    with pytest.raises(FatalError) as caught:
+        provider.send_batch(batch_of(template, ["a@example.com"]))
+    assert "POSTMARK_SERVER_TOKEN" in str(caught.value)
+    assert "wrong-token" not in str(caught.value)
+    with pytest.raises(FatalError):
+        provider.check()
+
+
+def test_missing_token_is_a_config_error(fake, configure):
+    config = configure(f'name = "postmark"\nbase_url = "{fake.url}"\n')
+    with pytest.raises(ConfigError, match="POSTMARK_SERVER_TOKEN is not set"):
+        get_provider(config)
+
+
+def test_check_reports_the_server(postmark):
+    provider, _ = postmark
+    assert "server token accepted" in provider.check()
+
+
+@pytest.mark.parametrize(
+    ("fault", "error", "text"),
+    [
+        (429, TransientError, "rate limited"),
+        (500, TransientError, "server error 500"),
+        (503, TransientError, "server error 503"),
+        ("hang", UnknownOutcome, "took more than 1 s"),
+        ("drop", UnknownOutcome, "dropped"),
+    ],
+)
+def test_transport_faults(postmark, fake, fault, error, text):
+    provider, template = postmark
+    fake.faults = [fault]
+    with pytest.raises(error) as caught:
+        provider.send_batch(batch_of(template, ["a@example.com"]))
+    assert text in str(caught.value)
+    if fault == 429:
+        assert caught.value.retry_after == 1.0
+    assert fake.messages == []
+    # the next call goes through
+    assert [o.status for o in provider.send_batch(batch_of(template, ["a@example.com"]))] == ["sent"]
+
+
+def test_unprocessable_batch_is_fatal(postmark, fake):
+    from .fakes.httpbase import json_reply
+
+    provider, template = postmark
+    fake.faults = [json_reply(422, {"ErrorCode": 400, "Message": "The 'From' address you supplied is not a Sender Signature."})]
+    with pytest.raises(FatalError, match="Sender Signature"):
+        provider.send_batch(batch_of(template, ["a@example.com"]))
+
+
+def test_batch_size_is_postmarks_limit(postmark, fake):
+    provider, template = postmark
+    assert provider.batch_size == 500
+    outcomes = provider.send_batch(batch_of(template, [f"r{i}@example.com" for i in range(500)]))
+    assert len(outcomes) == 500 and len(fake.messages) == 500
