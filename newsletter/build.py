@@ -8,6 +8,7 @@ import datetime as dt
 import shutil
 import tempfile
 from dataclasses import dataclass
+from email.message import EmailMessage
 from pathlib import Path
 
 from .checks import Finding, run_checks
@@ -51,6 +52,44 @@ def sample_unsubscribe_url(config: Config, list_name: str) -> str:
     return unsubscribe_url(config, token)
 
 
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """The issue as the sample reader receives it: the whole message, and the HTML with the
+    reader's fields filled in and images taken from ``web_prefix`` (a local copy) instead of
+    the published web address, which does not exist until the issue is archived."""
+
+    message: EmailMessage
+    html: str
+    unsubscribe_url: str
+
+
+def sample(
+    config: Config,
+    rendered: Rendered,
+    web_prefix: str,
+    *,
+    personalizer: Personalizer | None = None,
+    date: dt.datetime | None = None,
+) -> Sample:
+    """The sample reader's message and HTML; ``web_prefix`` stands in for the web version."""
+    list_name = rendered.issue.list_name or config.newsletter.default_list
+    unsubscribe = sample_unsubscribe_url(config, list_name)
+    personalizer = personalizer or Personalizer(rendered)
+    message = build_message(
+        config,
+        rendered,
+        SAMPLE_RECIPIENT,
+        list_name=list_name,
+        unsubscribe=unsubscribe,
+        personalizer=personalizer,
+        date=date or dt.datetime.now(dt.UTC),
+    )
+    html = personalizer.html(
+        field_values(SAMPLE_RECIPIENT, unsubscribe, f"{web_prefix}index.html")
+    ).replace(rendered.web_url, web_prefix)
+    return Sample(message=message, html=html, unsubscribe_url=unsubscribe)
+
+
 def build(config: Config, name: str | None, out_dir: Path | None = None) -> BuildResult:
     """Render the issue and write ``dist/<slug>/``; the checks are returned, not raised."""
     rendered, findings = check(config, name)
@@ -59,27 +98,12 @@ def build(config: Config, name: str | None, out_dir: Path | None = None) -> Buil
     target = dist / rendered.slug
     staging = Path(tempfile.mkdtemp(prefix=f".{rendered.slug}.", dir=dist))
     try:
-        list_name = rendered.issue.list_name or config.newsletter.default_list
-        unsubscribe = sample_unsubscribe_url(config, list_name)
-        personalizer = Personalizer(rendered)
-        message = build_message(
-            config,
-            rendered,
-            SAMPLE_RECIPIENT,
-            list_name=list_name,
-            unsubscribe=unsubscribe,
-            personalizer=personalizer,
-            date=dt.datetime.now(dt.UTC),
-        )
-        # The email as the sample reader sees it, with images from the local web/ folder
-        # (the published copies do not exist until the issue is archived).
-        preview = personalizer.html(
-            field_values(SAMPLE_RECIPIENT, unsubscribe, "web/index.html")
-        ).replace(rendered.web_url, "web/")
-        (staging / "preview.html").write_text(preview, encoding="utf-8")
+        # The email as the sample reader sees it, with images from the local web/ folder.
+        proof = sample(config, rendered, "web/")
+        (staging / "preview.html").write_text(proof.html, encoding="utf-8")
         (staging / "email.html").write_text(rendered.html, encoding="utf-8")
         (staging / "email.txt").write_text(rendered.text, encoding="utf-8")
-        (staging / "message.eml").write_bytes(message.as_bytes())
+        (staging / "message.eml").write_bytes(proof.message.as_bytes())
         web = staging / "web"
         web.mkdir()
         (web / "index.html").write_text(rendered.web_html, encoding="utf-8")
