@@ -53,3 +53,17 @@ def letter(tmp_path: Path, write, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "issues").mkdir()
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def sample_letter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of this repository's newsletter.toml and sample issues as the working directory."""
+    import shutil
+
+    shutil.copy(REPO / "newsletter.toml", tmp_path / "newsletter.toml")
+    shutil.copytree(REPO / "issues", tmp_path / "issues")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

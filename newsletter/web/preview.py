@@ -548,7 +548,7 @@ class PreviewApp:
             Rule("/issue/<slug>/web/", endpoint="web"),
             Rule("/issue/<slug>/web/<path:name>", endpoint="asset"),
             Rule("/issue/<slug>/send-test", endpoint="send_test", methods=["POST"]),
-        ])
+        ], merge_slashes=False)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         request = Request(environ)
