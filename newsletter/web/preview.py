@@ -46,7 +46,7 @@ from ..config import Config
 from ..config import load as load_config
 from ..content import Issue, issue_folders, load_issue, resolve_issue
 from ..errors import IssueNotFound, NewsletterError
-from ..render import Rendered, builtin_templates, render_issue, template_search_path
+from ..render import Rendered, builtin_templates, render_issue
 from . import http
 
 DEFAULT_HOST = "127.0.0.1"
@@ -278,12 +278,8 @@ class Workspace:
 
     def watched(self) -> list[Path]:
         """Files and folders whose changes can change a preview."""
-        paths = [self.config_path, self.root / ".env", self.issues_dir, self.root / "templates"]
-        try:
-            paths.extend(template_search_path(self.config()))
-        except NewsletterError:
-            paths.append(builtin_templates())
-        return paths
+        return [self.config_path, self.root / ".env", self.issues_dir, self.root / "templates",
+                builtin_templates()]
 
     def describe(self, exc: BaseException) -> str:
         """An error message for the page: paths inside the folder shown relative to it."""
