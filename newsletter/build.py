@@ -4,9 +4,12 @@ the end, so a failed build never leaves a half-written folder behind."""
 
 from __future__ import annotations
 
+import email
+import email.policy
 import shutil
 import tempfile
 from dataclasses import dataclass
+from email.message import EmailMessage
 from pathlib import Path
 
 from .checks import Finding, run_checks
@@ -50,6 +53,37 @@ def sample_unsubscribe_url(config: Config, list_name: str) -> str:
     return unsubscribe_url(config, token)
 
 
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """The issue as the sample reader receives it: the whole message, and the HTML with the
+    reader's fields filled in and images taken from ``web_prefix`` (a local copy) instead of
+    the published web address, which does not exist until the issue is archived."""
+
+    message: EmailMessage  # parsed from ``raw``, for showing headers and parts
+    raw: bytes  # exactly what would be sent
+    html: str
+    unsubscribe_url: str
+
+
+def sample(
+    config: Config,
+    rendered: Rendered,
+    web_prefix: str,
+    *,
+    template: MessageTemplate | None = None,
+) -> Sample:
+    """The sample reader's message and HTML; ``web_prefix`` stands in for the web version."""
+    list_name = rendered.issue.list_name or config.newsletter.default_list
+    unsubscribe = sample_unsubscribe_url(config, list_name)
+    template = template or MessageTemplate(config, rendered, list_name)
+    raw = template.bytes_for(SAMPLE_RECIPIENT, unsubscribe, message_id(config))
+    html = template.personalizer.html(
+        field_values(SAMPLE_RECIPIENT, unsubscribe, f"{web_prefix}index.html")
+    ).replace(rendered.web_url, web_prefix)
+    message = email.message_from_bytes(raw, policy=email.policy.default)
+    return Sample(message=message, raw=raw, html=html, unsubscribe_url=unsubscribe)
+
+
 def build(config: Config, name: str | None, out_dir: Path | None = None) -> BuildResult:
     """Render the issue and write ``dist/<slug>/``; the checks are returned, not raised."""
     rendered, findings = check(config, name)
@@ -58,19 +92,12 @@ def build(config: Config, name: str | None, out_dir: Path | None = None) -> Buil
     target = dist / rendered.slug
     staging = Path(tempfile.mkdtemp(prefix=f".{rendered.slug}.", dir=dist))
     try:
-        list_name = rendered.issue.list_name or config.newsletter.default_list
-        unsubscribe = sample_unsubscribe_url(config, list_name)
-        template = MessageTemplate(config, rendered, list_name)
-        message = template.bytes_for(SAMPLE_RECIPIENT, unsubscribe, message_id(config))
-        # The email as the sample reader sees it, with images from the local web/ folder
-        # (the published copies do not exist until the issue is archived).
-        preview = template.personalizer.html(
-            field_values(SAMPLE_RECIPIENT, unsubscribe, "web/index.html")
-        ).replace(rendered.web_url, "web/")
-        (staging / "preview.html").write_text(preview, encoding="utf-8")
+        # The email as the sample reader sees it, with images from the local web/ folder.
+        proof = sample(config, rendered, "web/")
+        (staging / "preview.html").write_text(proof.html, encoding="utf-8")
         (staging / "email.html").write_text(rendered.html, encoding="utf-8")
         (staging / "email.txt").write_text(rendered.text, encoding="utf-8")
-        (staging / "message.eml").write_bytes(message)
+        (staging / "message.eml").write_bytes(proof.raw)
         web = staging / "web"
         web.mkdir()
         (web / "index.html").write_text(rendered.web_html, encoding="utf-8")

@@ -78,7 +78,8 @@ def init(folder: Path, name: str | None = None, author: str = "Your Name",
     created.append(config_path)
     templates = folder / "templates"
     if not templates.exists():
-        shutil.copytree(builtin_templates(), templates)
+        # The preview's own pages are part of the tool, not of the newsletter.
+        shutil.copytree(builtin_templates(), templates, ignore=shutil.ignore_patterns("preview"))
         created.append(templates)
     issues = folder / "issues"
     issues.mkdir(exist_ok=True)

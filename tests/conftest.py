@@ -79,3 +79,17 @@ def sample_issue(letter: Path, write):
     write("issues/2026-12-01-sample/01-a.md", "---\ntitle: A\n---\nHello reader.\n")
     write("issues/2026-12-01-sample/02-b.md", "---\ntitle: B\n---\n> quoted\n\nMore.\n")
     return "2026-12-01-sample"
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def sample_letter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of this repository's newsletter.toml and sample issues as the working directory."""
+    import shutil
+
+    shutil.copy(REPO / "newsletter.toml", tmp_path / "newsletter.toml")
+    shutil.copytree(REPO / "issues", tmp_path / "issues")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

@@ -161,11 +161,3 @@ def test_new_command(letter):
     (folder,) = (letter / "issues").iterdir()
     assert dt.date.fromisoformat(folder.name[:10]).weekday() == 1  # a Tuesday
     assert run("build").exit_code == 0
-
-
-def test_preview_opens_the_built_email(sample, monkeypatch):
-    opened = []
-    monkeypatch.setattr("webbrowser.open", lambda url: opened.append(url) or True)
-    result = run("preview")
-    assert result.exit_code == 0, result.output
-    assert opened and opened[0].startswith("file://") and opened[0].endswith("/preview.html")

@@ -96,18 +96,38 @@ def check(env: Env, issue: str | None) -> None:
 
 @click.command()
 @ISSUE_ARG
+@click.option("--port", type=click.IntRange(0, 65535), default=None,
+              help="Port on 127.0.0.1 (default: [preview] port, 8025; 0 picks a free one).")
+@click.option("--no-open", is_flag=True, help="Do not open the web browser.")
+@click.option("--screenshot", "shots", type=click.Path(file_okay=False, path_type=Path),
+              help="Write phone.png, desktop.png and dark.png of the email into this folder "
+              "with headless Chromium, then exit.")
 @pass_env
-def preview(env: Env, issue: str | None) -> None:
-    """Build ISSUE and open the email in your web browser."""
+def preview(env: Env, issue: str | None, port: int | None, no_open: bool,
+            shots: Path | None) -> None:
+    """Preview ISSUE (default: the newest) as readers see it, updating as you save.
+
+    Serves a page on 127.0.0.1 with the inbox line, the email on a phone, in dark mode and
+    on a desktop, the plain-text part, the headers and the pre-flight checks. Press Ctrl-C
+    to stop.
+    """
+    if shots is not None:
+        from ..web.screenshot import screenshots
+
+        for path in screenshots(env.config, issue, shots):
+            click.echo(f"wrote {show_path(path)}")
+        return
+
     import webbrowser
 
-    from ..build import build as build_issue
+    from ..web.preview import serve
 
-    result = build_issue(env.config, issue)
-    page = result.folder / "preview.html"
-    print_findings(result.findings)
-    click.echo(f"opening {show_path(page)}")
-    webbrowser.open(page.resolve().as_uri())
+    server, page = serve(env.config, issue, port=port, log=lambda line: click.echo(line, err=True))
+    click.echo(f"previewing at {page}  (Ctrl-C to stop)")
+    if not no_open:
+        webbrowser.open(page)
+    server.serve_forever()
+    click.echo("stopped")
 
 
 COMMANDS = [init, new, build, check, preview]
