@@ -208,7 +208,7 @@ class _Section:
         if data is None:
             data = {}
         if not isinstance(data, dict):
-            self.problem(None, "must be a table, e.g. [%s]" % name)
+            self.problem(None, f"must be a table, e.g. [{name}]")
             data = {}
         self.data: dict[str, Any] = data
 

@@ -1,0 +1,183 @@
+"""The database: one schema on SQLite (a file beside newsletter.toml) or PostgreSQL.
+
+:func:`open_store` connects, upgrades the schema in place when an older release made the
+database, and returns a :class:`Store`. Work happens in short transactions:
+``with store.write() as conn`` for changes (on SQLite it takes the write lock up front, so
+two writers queue behind the busy timeout instead of failing halfway) and
+``with store.read() as conn`` for queries. Database failures leave these blocks as
+:class:`~newsletter.errors.StoreError` naming the database, password masked.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
+
+from ..config import mask_url
+from ..errors import StoreError
+from . import migrations, schema
+
+if TYPE_CHECKING:
+    from ..config import Config
+
+DEFAULT_LIST = "main"
+SQLITE_BUSY_TIMEOUT_S = 15
+
+__all__ = ["DEFAULT_LIST", "Store", "migrations", "open_store", "schema"]
+
+
+class Store:
+    """A connected, up-to-date database and the newsletter's default list name."""
+
+    def __init__(self, engine: Engine, url: str, default_list: str = DEFAULT_LIST) -> None:
+        self.engine = engine
+        self.url = url
+        self.default_list = default_list
+
+    @property
+    def display_url(self) -> str:
+        """The URL fit for messages: password masked."""
+        return mask_url(self.url)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A connection in a read transaction (a consistent snapshot), rolled back after."""
+        with self._errors(), self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A connection in a write transaction: committed at the end, rolled back on error."""
+        with self._errors(), self.engine.connect() as conn:
+            conn.execution_options(sqlite_begin="IMMEDIATE")
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except OperationalError as exc:
+            raise StoreError(f"database {self.display_url}: {_reason(exc)}") from exc
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Store({self.display_url!r})"
+
+
+def open_store(
+    config_or_url: Config | str, *, default_list: str | None = None, upgrade: bool = True
+) -> Store:
+    """Connect to the database of a configuration (or a URL) and bring its schema up to date.
+
+    ``upgrade=False`` only checks the version, for tools that must not change the database.
+    """
+    if isinstance(config_or_url, str):
+        url = config_or_url
+        default_list = default_list or DEFAULT_LIST
+    else:
+        url = config_or_url.database.url
+        default_list = default_list or config_or_url.newsletter.default_list
+    url = _driver_url(url)
+    store = Store(_engine(url), url, default_list)
+    where = store.display_url
+    try:
+        with store.engine.connect() as conn, conn.begin():
+            version = migrations.current_version(conn)
+        migrations.check_version(version, where)
+        if version != migrations.LATEST:
+            if not upgrade:
+                raise StoreError(
+                    f"database {where} is at schema version {version}, this release needs "
+                    f"{migrations.LATEST}; open it once with newsletter to upgrade it"
+                )
+            with store.write() as conn:
+                migrations.upgrade(conn, where)
+    except DBAPIError as exc:
+        store.close()
+        raise StoreError(f"cannot open database {where}: {_reason(exc)}; {_hint(url)}") from exc
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+def _driver_url(url: str) -> str:
+    """Use psycopg 3 for a plain postgresql:// URL (SQLAlchemy would look for psycopg2)."""
+    if url.startswith("postgresql://"):
+        return "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    return url
+
+
+def _engine(url: str) -> Engine:
+    where = mask_url(url)
+    try:
+        if url.startswith("sqlite"):
+            engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
+            _configure_sqlite(engine)
+            return engine
+        return create_engine(url, pool_pre_ping=True)
+    except NoSuchModuleError:
+        raise StoreError(
+            f"database {where}: unknown database driver; use sqlite:///newsletter.db or "
+            "postgresql+psycopg://user@host/dbname"
+        ) from None
+    except ModuleNotFoundError as exc:
+        raise StoreError(
+            f"database {where}: the driver {exc.name!r} is not installed; for PostgreSQL run "
+            "pip install 'newsletter[postgres]'"
+        ) from None
+    except ArgumentError as exc:
+        raise StoreError(f"database {where}: not a valid database URL ({exc})") from None
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    """WAL (readers never block the writer), foreign keys enforced, and transactions that
+    begin when SQLAlchemy says so rather than when pysqlite guesses."""
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves, below
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def _reason(exc: DBAPIError) -> str:
+    """The driver's message, first line only, with any URL in it masked."""
+    message = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+    return mask_url(re.sub(r"\s+", " ", message))
+
+
+def _hint(url: str) -> str:
+    if url.startswith("sqlite"):
+        return "check that the folder exists and is writable, or fix [database] url in newsletter.toml"
+    return (
+        "check that the server is running and the URL is right ([database] url in "
+        "newsletter.toml or NEWSLETTER_DATABASE_URL)"
+    )
