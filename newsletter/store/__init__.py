@@ -55,12 +55,21 @@ class Store:
             yield conn
 
     @contextmanager
-    def write(self) -> Iterator[Connection]:
-        """A connection in a write transaction: committed at the end, rolled back on error."""
+    def write(self, *, rollback: bool = False) -> Iterator[Connection]:
+        """A connection in a write transaction: committed at the end (or rolled back, for a
+        dry run, when ``rollback``), always rolled back on error."""
         with self._errors(), self.engine.connect() as conn:
             conn.execution_options(sqlite_begin="IMMEDIATE")
-            with conn.begin():
+            transaction = conn.begin()
+            try:
                 yield conn
+            except BaseException:
+                transaction.rollback()
+                raise
+            if rollback:
+                transaction.rollback()
+            else:
+                transaction.commit()
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
