@@ -59,6 +59,8 @@ DO \$\$ BEGIN
     CREATE ROLE $role LOGIN CREATEDB PASSWORD '$password';
   END IF;
 END \$\$;
+-- DROP DATABASE ... WITH (FORCE) may have to stop an autovacuum worker.
+GRANT pg_signal_backend TO $role;
 SELECT 'CREATE DATABASE $role OWNER $role'
   WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '$role')\gexec
 SQL

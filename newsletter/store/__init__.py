@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
 
-from ..config import mask_url
+from ..config import mask_url, resolve_database_url
 from ..errors import StoreError
 from . import migrations, schema
 
@@ -102,7 +102,9 @@ def open_store(
         url = config_or_url
         default_list = default_list or DEFAULT_LIST
     else:
-        url = config_or_url.database.url
+        # A relative SQLite path means "beside newsletter.toml", also when the URL is the
+        # built-in default rather than one written in the file.
+        url = resolve_database_url(config_or_url.database.url, config_or_url.root)
         default_list = default_list or config_or_url.newsletter.default_list
     url = _driver_url(url)
     store = Store(_engine(url), url, default_list)
