@@ -28,6 +28,7 @@ from .addresses import clean_name, parse_address
 from .errors import ImportFileError, InvalidAddress
 
 SAMPLE_BYTES = 64 * 1024
+_UNDECODABLE = re.compile("[\udc80-\udcff]")  # bytes that were not UTF-8 (surrogateescape)
 DELIMITERS = (",", ";", "\t")
 
 
@@ -169,8 +170,13 @@ class SubscriberFile:
         sample = self._sniff_bytes()
         self.size = self.path.stat().st_size
         self._counter = _CountingReader(self.path.open("rb"))
+        # surrogateescape lets a bad byte through as a marker, so the row that holds it can
+        # be named exactly (the decoder reads ahead of the CSV parser).
         self._text = io.TextIOWrapper(
-            io.BufferedReader(self._counter), encoding="utf-8-sig", newline=""
+            io.BufferedReader(self._counter),
+            encoding="utf-8-sig",
+            errors="surrogateescape",
+            newline="",
         )
         delimiter = _guess_delimiter(sample)
         self._rows = csv.reader(self._text, delimiter=delimiter)
@@ -223,17 +229,17 @@ class SubscriberFile:
             values = next(self._rows)
         except StopIteration:
             return None
-        except UnicodeDecodeError:
-            raise ImportFileError(
-                f"{self.where} row {self._row_number + 1}: is not UTF-8 text; save the file "
-                "as \"CSV UTF-8\" and import it again"
-            ) from None
         except csv.Error as exc:
             raise ImportFileError(
                 f"{self.where} row {self._row_number + 1}: not readable as CSV ({exc}); "
                 "check the file is a CSV export"
             ) from None
         self._row_number += 1
+        if any(_UNDECODABLE.search(value) for value in values):
+            raise ImportFileError(
+                f"{self.where} row {self._row_number}: is not UTF-8 text; save the file as "
+                "\"CSV UTF-8\" and import it again"
+            )
         return values
 
     def _first_row(self) -> list[str]:
