@@ -312,7 +312,7 @@ def _iso(value: dt.datetime | None) -> str:
 
 
 def _write_members(members: Iterable[core.Member], fmt: str, tz: Any, all_lists: bool) -> None:
-    out = click.get_text_stream("stdout")
+    out = sys.stdout
     if fmt == "csv":
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(EXPORT_COLUMNS)
