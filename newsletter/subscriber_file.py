@@ -235,7 +235,7 @@ class SubscriberFile:
                 "check the file is a CSV export"
             ) from None
         self._row_number += 1
-        if any(_UNDECODABLE.search(value) for value in values):
+        if _UNDECODABLE.search("".join(values)):
             raise ImportFileError(
                 f"{self.where} row {self._row_number}: is not UTF-8 text; save the file as "
                 "\"CSV UTF-8\" and import it again"
@@ -265,7 +265,7 @@ class SubscriberFile:
             first, self._pending_first = self._pending_first, None
             yield self._record(self._row_number, first)
         while (values := self._next()) is not None:
-            if not any(v.strip() for v in values):
+            if not "".join(values).strip():
                 continue  # blank lines are not rows anyone meant
             yield self._record(self._row_number, values)
 

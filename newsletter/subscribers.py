@@ -49,6 +49,8 @@ from sqlalchemy import (
     func,
     insert,
     inspect,
+    literal,
+    null,
     select,
     text,
     update,
@@ -65,6 +67,9 @@ LIST_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 # What `subscribers list --status` accepts: a membership status, or a suppression reason
 # (which outranks it). Forgotten addresses have no row left to list.
 STATUSES = ("active", "pending", "unsubscribed", "bounced", "complained", "manual")
+# Rows per batch of statements. Each chunk's addresses go into IN (...) lists, which SQLite
+# before 3.32 caps at 999 parameters; larger chunks were no faster and held more memory.
+IMPORT_CHUNK = 500
 SUMMARY_REJECTIONS = 20  # rejected rows kept in memory for the summary; the file has all
 
 
@@ -796,7 +801,7 @@ def import_csv(
     dry_run: bool = False,
     check_deliverability: bool = False,
     progress: Callable[[int], None] | None = None,
-    chunk_size: int = 500,
+    chunk_size: int = IMPORT_CHUNK,
 ) -> ImportSummary:
     """Import a subscriber CSV into a list in one transaction: all valid rows go in, or
     (on any error, or a kill) nothing does. ``dry_run`` does the same work and rolls back,
@@ -894,10 +899,11 @@ class _RejectedWriter:
 
 
 class _ImportRun:
-    """Applies an import chunk by chunk inside one transaction, with a handful of batched
-    statements per chunk. Addresses already handled by this import are remembered in a
-    temporary table (not in memory), so a duplicate far down the file is merged and counted
-    as a duplicate, and memory stays flat however large the file."""
+    """Applies an import chunk by chunk inside one transaction, with a handful of
+    set-based statements per chunk (never one per row). Addresses already handled by this
+    import are remembered in a temporary table, not in memory, so a duplicate far down the
+    file is merged and counted as a duplicate, and memory stays flat however large the
+    file."""
 
     def __init__(self, conn: Connection, list_id: int, source: str, summary: ImportSummary):
         self.conn = conn
@@ -906,6 +912,52 @@ class _ImportRun:
         self.summary = summary
         self.now = utcnow()
         self.seen = _seen_table(conn)
+        self._statements()
+
+    def _statements(self) -> None:
+        now = bindparam("now", type_=subscribers_t.c.created_at.type)
+        self.insert_subscribers = insert(subscribers_t).values(
+            email=bindparam("email"),
+            email_key=bindparam("email_key"),
+            email_hash=bindparam("email_hash"),
+            name=bindparam("name"),
+            attributes=bindparam("attributes", type_=subscribers_t.c.attributes.type),
+            source=bindparam("source"),
+            created_at=now,
+            updated_at=now,
+        )
+        self.update_subscribers = (
+            update(subscribers_t)
+            .where(subscribers_t.c.id == bindparam("sid"))
+            .values(
+                name=bindparam("new_name"),
+                attributes=bindparam("new_attributes", type_=subscribers_t.c.attributes.type),
+                updated_at=now,
+            )
+        )
+        self.insert_suppressions = insert(suppressions).values(
+            email_hash=bindparam("email_hash"),
+            reason=bindparam("reason"),
+            detail=bindparam("detail"),
+            created_at=now,
+        )
+
+        # The lookups, built once; each chunk passes its keys as one expanding parameter.
+        keys = bindparam("keys", expanding=True)
+        self.select_seen = select(self.seen.c.email_key).where(self.seen.c.email_key.in_(keys))
+        self.select_existing = select(
+            subscribers_t.c.id,
+            subscribers_t.c.email_key,
+            subscribers_t.c.name,
+            subscribers_t.c.attributes,
+        ).where(subscribers_t.c.email_key.in_(keys))
+        self.select_members = select(memberships.c.subscriber_id, memberships.c.status).where(
+            memberships.c.list_id == self.list_id,
+            memberships.c.subscriber_id.in_(bindparam("ids", expanding=True)),
+        )
+        self.select_suppressed = select(suppressions.c.email_hash).where(
+            suppressions.c.email_hash.in_(bindparam("hashes", expanding=True))
+        )
 
     def finish(self) -> None:
         if self.conn.dialect.name == "sqlite":
@@ -915,62 +967,27 @@ class _ImportRun:
     def apply(self, records: list[Record]) -> None:
         if not records:
             return
-        conn, now, s = self.conn, self.now, self.source
+        conn = self.conn
         keys = [r.key for r in records]
-        seen = set(conn.scalars(select(self.seen.c.email_key).where(self.seen.c.email_key.in_(keys))))
+        seen = set(conn.scalars(self.select_seen, {"keys": keys}))
         fresh = [k for k in keys if k not in seen]
         if fresh:
             conn.execute(insert(self.seen), [{"email_key": k} for k in fresh])
-        existing = {
-            row.email_key: row
-            for row in conn.execute(
-                select(
-                    subscribers_t.c.id,
-                    subscribers_t.c.email_key,
-                    subscribers_t.c.name,
-                    subscribers_t.c.attributes,
-                ).where(subscribers_t.c.email_key.in_(keys))
-            )
-        }
+        existing = {row.email_key: row for row in conn.execute(self.select_existing, {"keys": keys})}
         ids = [row.id for row in existing.values()]
-        member_status = (
-            dict(
-                conn.execute(
-                    select(memberships.c.subscriber_id, memberships.c.status).where(
-                        memberships.c.list_id == self.list_id,
-                        memberships.c.subscriber_id.in_(ids),
-                    )
-                ).all()
-            )
-            if ids
-            else {}
+        member_status: dict[int, str] = (
+            dict(conn.execute(self.select_members, {"ids": ids}).all()) if ids else {}
         )
         suppressed = set(
-            conn.scalars(
-                select(suppressions.c.email_hash).where(
-                    suppressions.c.email_hash.in_([r.hash for r in records])
-                )
-            )
+            conn.scalars(self.select_suppressed, {"hashes": [r.hash for r in records]})
         )
 
-        new_subscribers: list[Record] = []
-        new_members: dict[str, str] = {}  # key -> status, for subscribers inserted below
-        member_rows: list[dict[str, Any]] = []
+        new_subscribers: list[dict[str, Any]] = []
+        join: dict[str, list[str]] = {}  # membership status -> keys of people to add to the list
         subscriber_updates: list[dict[str, Any]] = []
-        activate: list[dict[str, Any]] = []
-        unsubscribe_rows: list[dict[str, Any]] = []
+        activate: list[int] = []
+        leave: list[int] = []
         suppress_rows: list[dict[str, Any]] = []
-
-        def membership(sub_id: int, status: str) -> dict[str, Any]:
-            return {
-                "list_id": self.list_id,
-                "subscriber_id": sub_id,
-                "status": status,
-                "source": s,
-                "created_at": now,
-                "confirmed_at": now if status == "active" else None,
-                "unsubscribed_at": now if status == "unsubscribed" else None,
-            }
 
         for rec in records:
             sub = existing.get(rec.key)
@@ -980,37 +997,35 @@ class _ImportRun:
             elif rec.status in ("bounced", "complained", "manual"):
                 # Recorded as the old tool knew it: a member whose address is suppressed.
                 suppress_rows.append(
-                    {"email_hash": rec.hash, "reason": rec.status, "detail": f"from {s}",
-                     "created_at": now}
+                    {"email_hash": rec.hash, "reason": rec.status, "detail": f"from {self.source}",
+                     "now": self.now}
                 )
                 if sub is None:
-                    new_subscribers.append(rec)
-                    new_members[rec.key] = "active"
-                elif current is None:
-                    member_rows.append(membership(sub.id, "active"))
+                    new_subscribers.append(self._row(rec))
+                if current is None:
+                    join.setdefault("active", []).append(rec.key)
                 outcome = "kept_out"
             elif current == "unsubscribed":
                 outcome = "kept_out"
             elif rec.status == "unsubscribed":
                 if sub is None:
-                    new_subscribers.append(rec)
-                    new_members[rec.key] = "unsubscribed"
-                elif current is None:
-                    member_rows.append(membership(sub.id, "unsubscribed"))
+                    new_subscribers.append(self._row(rec))
+                if current is None:
+                    join.setdefault("unsubscribed", []).append(rec.key)
                 else:
-                    unsubscribe_rows.append({"sid": sub.id})
+                    leave.append(sub.id)
                 outcome = "kept_out"
             elif sub is None:
-                new_subscribers.append(rec)
-                new_members[rec.key] = rec.status or "active"
+                new_subscribers.append(self._row(rec))
+                join.setdefault(rec.status or "active", []).append(rec.key)
                 outcome = "added"
             else:
                 changed = self._merge(sub, rec, subscriber_updates)
                 if current is None:
-                    member_rows.append(membership(sub.id, rec.status or "active"))
+                    join.setdefault(rec.status or "active", []).append(rec.key)
                     outcome = "added"
                 elif current == "pending" and rec.status in (None, "active"):
-                    activate.append({"sid": sub.id})
+                    activate.append(sub.id)
                     outcome = "updated"
                 else:
                     outcome = "updated" if changed else "unchanged"
@@ -1020,73 +1035,68 @@ class _ImportRun:
                 self.summary.count(outcome)
 
         if new_subscribers:
-            conn.execute(
-                insert(subscribers_t),
-                [
-                    {
-                        "email": r.email,
-                        "email_key": r.key,
-                        "email_hash": r.hash,
-                        "name": r.name,
-                        "attributes": r.attributes,
-                        "source": s,
-                        "created_at": now,
-                        "updated_at": now,
-                    }
-                    for r in new_subscribers
-                ],
-            )
-            new_ids = conn.execute(
-                select(subscribers_t.c.email_key, subscribers_t.c.id).where(
-                    subscribers_t.c.email_key.in_([r.key for r in new_subscribers])
-                )
-            ).all()
-            member_rows.extend(membership(sid, new_members[key]) for key, sid in new_ids)
+            conn.execute(self.insert_subscribers, new_subscribers)
         if subscriber_updates:
-            conn.execute(
-                update(subscribers_t)
-                .where(subscribers_t.c.id == bindparam("sid"))
-                .values(
-                    name=bindparam("new_name"),
-                    attributes=bindparam("new_attributes", type_=subscribers_t.c.attributes.type),
-                    updated_at=now,
-                ),
-                subscriber_updates,
-            )
-        if member_rows:
-            conn.execute(insert(memberships), member_rows)
+            conn.execute(self.update_subscribers, subscriber_updates)
+        for status, status_keys in join.items():
+            self._join(status, status_keys)
         if activate:
             conn.execute(
-                update(memberships)
-                .where(
-                    memberships.c.list_id == self.list_id,
-                    memberships.c.subscriber_id == bindparam("sid"),
-                )
-                .values(status="active", confirmed_at=now),
-                activate,
+                self._members(activate).values(status="active", confirmed_at=self.now)
             )
-        if unsubscribe_rows:
+        if leave:
             conn.execute(
-                update(memberships)
-                .where(
-                    memberships.c.list_id == self.list_id,
-                    memberships.c.subscriber_id == bindparam("sid"),
-                )
-                .values(status="unsubscribed", unsubscribed_at=now),
-                unsubscribe_rows,
+                self._members(leave).values(status="unsubscribed", unsubscribed_at=self.now)
             )
         if suppress_rows:
-            conn.execute(insert(suppressions), suppress_rows)
+            conn.execute(self.insert_suppressions, suppress_rows)
 
-    @staticmethod
-    def _merge(sub: Any, rec: Record, updates: list[dict[str, Any]]) -> bool:
+    def _row(self, rec: Record) -> dict[str, Any]:
+        return {
+            "email": rec.email,
+            "email_key": rec.key,
+            "email_hash": rec.hash,
+            "name": rec.name,
+            "attributes": rec.attributes,
+            "source": self.source,
+            "now": self.now,
+        }
+
+    def _join(self, status: str, keys: list[str]) -> None:
+        """Memberships for people already in subscribers, in one INSERT ... SELECT."""
+        now = literal(self.now, memberships.c.created_at.type)
+        none = null()
+        self.conn.execute(
+            insert(memberships).from_select(
+                ["list_id", "subscriber_id", "status", "source", "created_at", "confirmed_at",
+                 "unsubscribed_at"],
+                select(
+                    literal(self.list_id),
+                    subscribers_t.c.id,
+                    literal(status),
+                    literal(self.source),
+                    now,
+                    now if status == "active" else none,
+                    now if status == "unsubscribed" else none,
+                ).where(subscribers_t.c.email_key.in_(keys)),
+            )
+        )
+
+    def _members(self, ids: list[int]) -> Any:
+        return update(memberships).where(
+            memberships.c.list_id == self.list_id, memberships.c.subscriber_id.in_(ids)
+        )
+
+    def _merge(self, sub: Any, rec: Record, updates: list[dict[str, Any]]) -> bool:
         """Queue an update when the row brings a new name or attributes; True if so."""
         old_attributes = sub.attributes or {}
         attributes = {**old_attributes, **rec.attributes}
         name = rec.name or sub.name
         if name == sub.name and attributes == old_attributes:
             return False
-        updates.append({"sid": sub.id, "new_name": name, "new_attributes": attributes})
+        updates.append(
+            {"sid": sub.id, "new_name": name, "new_attributes": attributes, "now": self.now}
+        )
         return True
 
 
