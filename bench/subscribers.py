@@ -37,10 +37,7 @@ def make_csv(path: Path, rows: int, seed: int = 7) -> None:
         out.writerow(["Email Address", "First Name", "Last Name", "Company", "MEMBER_RATING",
                       "OPTIN_TIME"])
         for i in range(rows):
-            if i and rnd.random() < 0.01:
-                n = rnd.randrange(i)  # a duplicate of an earlier row
-            else:
-                n = i
+            n = rnd.randrange(i) if i and rnd.random() < 0.01 else i  # 1 %: an earlier row again
             email = f"reader{n}@{DOMAINS[n % len(DOMAINS)]}"
             if rnd.random() < 0.005:
                 email = f"reader{n}@@broken"

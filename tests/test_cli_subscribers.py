@@ -338,3 +338,28 @@ def test_stats(filled, cli):
     assert len(weeks) == 8
     assert weeks[-1].split()[1:] == ["4", "1", "1"]  # joins (ann, bob, cid, eve), leaves, suppressed
     assert "Subscribers on file: 5; suppressed addresses: complained 1." in result.output
+
+
+def test_a_big_import_on_a_terminal_shows_a_progress_bar(tmp_path, monkeypatch):
+    import sys
+
+    from newsletter.cli import subscribers as commands
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    screen = Terminal()
+    monkeypatch.setattr(sys, "stderr", screen)
+    monkeypatch.setattr(commands, "PROGRESS_MIN_BYTES", 10)
+    path = tmp_path / "big.csv"
+    path.write_text("email\n" + "a@example.com\n" * 50, encoding="utf-8")
+    with commands._progress(path) as update:
+        assert update is not None
+        update(path.stat().st_size // 2)
+        update(path.stat().st_size)
+    assert "Importing" in screen.getvalue() and "100%" in screen.getvalue()
+    # Not on a terminal, or a small file: no bar.
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    with commands._progress(path) as update:
+        assert update is None

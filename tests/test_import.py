@@ -457,3 +457,14 @@ def test_the_summary_accounts_for_every_row(store, csvfile):
     s = subs.import_csv(store, path)
     assert s.rows == s.added + s.updated + s.unchanged + s.kept_out + s.rejected + s.duplicates
     assert (s.rows, s.added, s.updated, s.kept_out, s.rejected, s.duplicates) == (5, 1, 1, 1, 1, 1)
+
+
+def test_the_sample_reader_list_imports_cleanly(store):
+    sample = Path(__file__).parent.parent / "samples" / "readers.csv"
+    summary = subs.import_csv(store, sample)
+    assert _counts(summary) == (len(sample.read_text(encoding="utf-8").splitlines()) - 1, 0, 0, 0, 0)
+    assert 8 <= summary.added <= 12
+    members = _members(store)
+    assert all(e.rsplit("@", 1)[1] in ("example.com", "example.org", "example.net") for e in members)
+    assert any(not name.isascii() for name, _, _ in members.values())
+    assert not sample.with_name("readers.rejected.csv").exists()

@@ -227,15 +227,60 @@ def test_sqlite_runs_in_wal_mode_with_foreign_keys_and_a_busy_timeout(tmp_path):
 
 
 def test_foreign_keys_are_enforced(store):
-    from sqlalchemy.exc import IntegrityError
-
     now = dt.datetime.now(dt.UTC)
-    with pytest.raises(IntegrityError), store.write() as conn:
+    refused = pytest.raises(StoreError, match="nothing was changed, run the command again")
+    with refused, store.write() as conn:
         conn.execute(
             insert(schema.memberships).values(
                 list_id=999, subscriber_id=999, status="active", created_at=now
             )
         )
+
+
+def test_a_conflicting_write_is_a_clear_error_and_changes_nothing(store):
+    """Two processes adding the same address at once: the loser gets a message, not a
+    traceback (PostgreSQL lets both try; the unique key decides)."""
+    now = dt.datetime.now(dt.UTC)
+    row = dict(email="a@example.com", email_key="a@example.com", email_hash="f" * 64,
+               attributes={}, created_at=now, updated_at=now)
+    with store.write() as conn:
+        conn.execute(insert(schema.subscribers).values(**row))
+    with pytest.raises(StoreError, match="conflicted with another one"), store.write() as conn:
+        conn.execute(insert(schema.lists).values(name="lost", created_at=now))
+        conn.execute(insert(schema.subscribers).values(**row))
+    with store.read() as conn:
+        assert conn.execute(select(schema.lists.c.name)).scalars().all() == []
+
+
+def test_sqlite_writers_queue_instead_of_failing(tmp_path):
+    """A second writer waits for the first (busy timeout, write lock taken up front)."""
+    import threading
+    import time
+
+    url = f"sqlite:///{tmp_path / 'busy.db'}"
+    first, second = open_store(url), open_store(url)
+    holding = threading.Event()
+    done: list[float] = []
+
+    def hold() -> None:
+        with first.write() as conn:
+            conn.execute(insert(schema.lists).values(name="one", created_at=dt.datetime.now(dt.UTC)))
+            holding.set()
+            time.sleep(0.5)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    holding.wait(5)
+    started = time.monotonic()
+    with second.write() as conn:
+        conn.execute(insert(schema.lists).values(name="two", created_at=dt.datetime.now(dt.UTC)))
+    done.append(time.monotonic() - started)
+    thread.join()
+    with second.read() as conn:
+        assert sorted(conn.execute(select(schema.lists.c.name)).scalars()) == ["one", "two"]
+    assert done[0] > 0.2  # it really waited for the first writer
+    first.close()
+    second.close()
 
 
 def test_timestamps_are_stored_and_returned_as_utc(store):

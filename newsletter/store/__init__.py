@@ -16,7 +16,13 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    IntegrityError,
+    NoSuchModuleError,
+    OperationalError,
+)
 
 from ..config import mask_url, resolve_database_url
 from ..errors import StoreError
@@ -77,6 +83,13 @@ class Store:
             yield
         except OperationalError as exc:
             raise StoreError(f"database {self.display_url}: {_reason(exc)}") from exc
+        except IntegrityError as exc:
+            # Left uncaught by the code inside the block: in practice another process
+            # writing the same row at the same moment (PostgreSQL lets both try).
+            raise StoreError(
+                f"database {self.display_url}: a change conflicted with another one made at "
+                f"the same time ({_reason(exc)}); nothing was changed, run the command again"
+            ) from exc
 
     def close(self) -> None:
         self.engine.dispose()
