@@ -9,7 +9,8 @@ without an explicit, confirmed opt-in):
 * An import never changes that. Rows for suppressed addresses, for members who
   unsubscribed, and rows the file itself marks as unsubscribed, bounced or complained are
   "kept out"; the last are recorded as such, so a later import of an older export cannot
-  bring them back.
+  bring them back. Everyone else in the file joins the list as active (the file is an
+  existing, consented list from another tool), or as pending when the file says so.
 * ``add`` of a new address makes a pending membership (active with ``confirmed``). An
   unsubscribed member comes back only with ``confirmed=True`` (they opted in again and
   confirmed). A suppressed address comes back only with ``confirmed=True`` *and*
@@ -606,19 +607,22 @@ def iter_members(
     batch_size: int = 1000,
 ) -> Iterator[Member]:
     """Stream the members of a list (or of all lists), ``batch_size`` rows at a time from a
-    server-side cursor, so memory stays flat however long the list is."""
+    server-side cursor, so memory stays flat however long the list is. A bad status or an
+    unknown list is raised here, before the first row, so no output has started."""
     check_status(status)
-    with store.read() as conn:
-        list_id = None
-        if not all_lists:
+    list_id = None
+    if not all_lists:
+        with store.read() as conn:
             lst = _resolve_list_readonly(conn, store, list_name)
-            if lst is None:
-                return
-            list_id = lst.id
-        result = conn.execution_options(yield_per=batch_size).execute(
-            members_select(list_id, status)
-        )
-        for row in result:
+        if lst is None:
+            return iter(())
+        list_id = lst.id
+    return _stream_members(store, members_select(list_id, status), batch_size)
+
+
+def _stream_members(store: Store, stmt: Select[Any], batch_size: int) -> Iterator[Member]:
+    with store.read() as conn:
+        for row in conn.execution_options(yield_per=batch_size).execute(stmt):
             yield Member(*row)
 
 
@@ -1152,8 +1156,11 @@ __all__ = [
     "list_id",
     "members_select",
     "not_suppressed",
+    "parse_address",
     "rename_list",
     "stats",
     "suppress",
+    "suppress_hash",
+    "suppression_of",
     "unsubscribe",
 ]

@@ -281,6 +281,12 @@ def test_list_filters_by_status_and_list(filled, cli):
     assert cli("subscribers", "list", "--status", "gone").exit_code == 2  # click's usage error
 
 
+def test_export_of_an_unknown_list_writes_nothing(filled, cli):
+    result = cli("subscribers", "export", "--list", "monthly")
+    assert "no list named 'monthly' (lists: main, weekly)" in _error_line(result)
+    assert result.stdout == ""
+
+
 def test_export_as_csv_and_json(filled, cli):
     result = cli("subscribers", "export")
     assert result.exit_code == 0
