@@ -54,7 +54,9 @@ def lists() -> None:
 @click.argument("title", required=False, default="")
 @pass_env
 def lists_create(env: Env, name: str, title: str) -> None:
-    """Create the list NAME (lowercase letters, digits, - and _), with an optional TITLE."""
+    """Create the list NAME, with an optional TITLE.
+
+    NAME is lowercase letters, digits, - and _, e.g. weekly."""
     with _store(env) as store:
         made = core.create_list(store, name, title)
     click.echo(f"Created list {made.name!r}" + (f" ({made.title})" if made.title else "") + ".")
@@ -89,7 +91,7 @@ def lists_list(env: Env) -> None:
 @click.option("--title", help="Give the list a new title as well.")
 @pass_env
 def lists_rename(env: Env, old: str, new: str, title: str | None) -> None:
-    """Rename the list OLD to NEW; members, history and campaigns follow."""
+    """Rename the list OLD to NEW. Members, history and campaigns follow."""
     with _store(env) as store:
         core.rename_list(store, old, new, title)
         default = store.default_list
@@ -106,8 +108,10 @@ def lists_rename(env: Env, old: str, new: str, title: str | None) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @pass_env
 def lists_delete(env: Env, name: str, yes: bool) -> None:
-    """Delete the list NAME and its memberships (the subscribers stay, as do their other
-    lists and any unsubscribes or suppressions). Refused while campaigns use the list."""
+    """Delete the list NAME and its memberships.
+
+    The subscribers stay, with their other lists and any suppressions. Refused while
+    campaigns use the list."""
     with _store(env) as store:
         found = {item.name: item for item in core.get_lists(store)}
         members = sum(found[name].counts.values()) if name in found else 0
@@ -157,7 +161,11 @@ def subscribers_add(
     resubscribe: bool,
     check_deliverability: bool,
 ) -> None:
-    """Add EMAIL to a list: pending until they confirm, or active with --confirmed."""
+    """Add EMAIL to a list.
+
+    They are pending until they confirm, or active at once with --confirmed. Someone who
+    unsubscribed comes back only with --confirmed; a suppressed address (bounced,
+    complained, forgotten) only with --confirmed --resubscribe."""
     with _store(env) as store:
         result = core.add(
             store,
@@ -199,9 +207,12 @@ def subscribers_import(
     email_column: str | None,
     check_deliverability: bool,
 ) -> None:
-    """Import subscribers from a CSV FILE (Mailchimp, Substack, Buttondown, listmonk, Ghost
-    or plain exports). People who unsubscribed, bounced, complained or were forgotten are
-    never re-added; invalid rows go to FILE's .rejected.csv."""
+    """Import subscribers from a CSV FILE.
+
+    Reads Mailchimp, Substack, Buttondown, listmonk, Ghost and plain exports. People who
+    unsubscribed, bounced, complained or were forgotten are never re-added; invalid rows
+    are listed and written to FILE's .rejected.csv. All or nothing: a failed import
+    changes nothing."""
     # Reading the header first means a file that cannot be imported fails before the
     # database is opened (or created).
     source = SubscriberFile(
@@ -300,8 +311,10 @@ def subscribers_list(
 def subscribers_export(
     env: Env, list_name: str | None, all_lists: bool, status: str | None, fmt: str
 ) -> None:
-    """Write the members of a list to stdout, e.g. `... export > backup.csv`. The CSV imports
-    back as it was: unsubscribed and suppressed people stay out."""
+    """Export the members of a list to stdout.
+
+    E.g. `newsletter subscribers export > backup.csv`. The CSV imports back as it was:
+    unsubscribed and suppressed people stay out."""
     with _store(env) as store:
         members = core.iter_members(store, list_name, status=status, all_lists=all_lists)
         _write_members(members, fmt, env.config.newsletter.timezone, all_lists)
@@ -371,7 +384,9 @@ def _write_table(members: Iterator[core.Member], tz: Any, all_lists: bool, out: 
 @_all_lists_option
 @pass_env
 def subscribers_unsubscribe(env: Env, email: str, list_name: str | None, all_lists: bool) -> None:
-    """Unsubscribe EMAIL from a list (or from every list). No import brings them back."""
+    """Unsubscribe EMAIL from a list (or every list).
+
+    No import brings them back."""
     with _store(env) as store:
         left = core.unsubscribe(store, email, list_name, all_lists=all_lists)
         default = store.default_list
@@ -386,8 +401,10 @@ def subscribers_unsubscribe(env: Env, email: str, list_name: str | None, all_lis
 @click.argument("email")
 @pass_env
 def subscribers_forget(env: Env, email: str) -> None:
-    """Erase EMAIL's personal data (address, name, attributes, memberships), keeping only a
-    one-way hash so no import or form adds the address back unasked."""
+    """Erase EMAIL's personal data, keeping only a hash.
+
+    Address, name, attributes and memberships go; a one-way hash stays so no import or
+    form adds the address back unasked."""
     with _store(env) as store:
         result = core.forget(store, email)
     if result.found:
@@ -410,7 +427,9 @@ def subscribers_forget(env: Env, email: str) -> None:
 )
 @pass_env
 def subscribers_suppress(env: Env, email: str, reason: str) -> None:
-    """Never mail EMAIL again, on any list (bounce and complaint webhooks do this too)."""
+    """Never mail EMAIL again, on any list.
+
+    Bounce and complaint webhooks do this too."""
     with _store(env) as store:
         new = core.suppress(store, email, reason)
     if new:
