@@ -178,11 +178,19 @@ class SubscriberFile:
             errors="surrogateescape",
             newline="",
         )
-        delimiter = _guess_delimiter(sample)
+        # Excel may start a CSV with a "sep=;" line naming the delimiter.
+        excel = re.match(r'"?sep=([,;\t|])"?\r?(?:\n|$)', sample)
+        delimiter = excel.group(1) if excel else _guess_delimiter(sample)
         self._rows = csv.reader(self._text, delimiter=delimiter)
         self._row_number = 0
-        first = self._first_row()
-        self.layout = _layout(first, delimiter, email_column, self.where)
+        try:
+            if excel:
+                self._next()
+            first = self._first_row()
+            self.layout = _layout(first, delimiter, email_column, self.where)
+        except BaseException:
+            self.close()
+            raise
         self._pending_first = None if self.layout.header is not None else first
 
     # -- opening ---------------------------------------------------------------------------

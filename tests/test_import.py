@@ -118,6 +118,12 @@ def test_any_of_the_usual_delimiters(store, csvfile, delimiter):
     assert _members(store) == {"ann@example.com": ("Berg, Ann", "active", {"city": "Oslo"})}
 
 
+def test_an_excel_sep_line_names_the_delimiter(store, csvfile):
+    path = csvfile("sep=;\nEmail;Name;Note\nann@example.com;Ann;a,b\n", bom=True, crlf=True)
+    assert subs.import_csv(store, path).added == 1
+    assert _members(store) == {"ann@example.com": ("Ann", "active", {"Note": "a,b"})}
+
+
 def test_utf8_with_a_bom_and_crlf_line_ends(store, csvfile):
     path = csvfile("Email Address,Name\nann@example.com,Åse Ødegård\n", bom=True, crlf=True)
     summary = subs.import_csv(store, path)
