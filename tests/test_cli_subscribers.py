@@ -196,7 +196,14 @@ def test_import_dry_run(letter, cli, write):
     assert result.output.startswith("Dry run of readers.csv into list 'main': nothing was changed.")
     assert "(would be written to readers.rejected.csv)" in result.output
     assert not (letter / "readers.rejected.csv").exists()
+    assert not (letter / "newsletter.db").exists()  # a scratch database stood in
+    assert "added 1" in " ".join(result.output.split())
     assert "No members." in cli("subscribers", "list").stderr
+    # On an existing database the dry run reads the real thing.
+    cli("subscribers", "add", "ann@example.com", "--confirmed")
+    result = cli("subscribers", "import", "readers.csv", "--dry-run")
+    assert "unchanged 1" in " ".join(result.output.split())
+    assert "No members." not in cli("subscribers", "list").stderr
 
 
 def test_import_errors_are_one_line_and_change_nothing(letter, cli, write):

@@ -360,3 +360,19 @@ def test_upgrade_refuses_when_told_not_to_change_the_database(tmp_path):
         open_store(f"sqlite:///{path}", upgrade=False)
     con = sqlite3.connect(path)
     assert con.execute("SELECT count(*) FROM sqlite_master").fetchone() == (0,)
+
+
+def test_a_scratch_store_stands_in_for_a_sqlite_file_not_made_yet(tmp_path, db_url):
+    from newsletter.store import open_store_or_scratch
+
+    missing = tmp_path / "later.db"
+    with open_store_or_scratch(f"sqlite:///{missing}") as scratch:
+        assert scratch.url != f"sqlite:///{missing}"
+        folder = Path(scratch.scratch.name)
+        assert folder.exists()
+        subs.add(scratch, "ann@example.com")
+    assert not missing.exists() and not folder.exists()
+    # An existing database (SQLite file or server) is the real one.
+    open_store(db_url).close()
+    with open_store_or_scratch(db_url) as real:
+        assert real.url.endswith(db_url.split("://", 1)[1]) and real.scratch is None

@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from .. import subscribers as core
-from ..store import Store, open_store
+from ..store import Store, open_store, open_store_or_scratch
 from ..subscriber_file import SubscriberFile
 from .common import Env, pass_env, show_path
 
@@ -218,7 +218,9 @@ def subscribers_import(
     source = SubscriberFile(
         file, email_column=email_column, check_deliverability=check_deliverability
     )
-    with source, _store(env) as store, _progress(file) as progress:
+    # A dry run against a database not made yet runs on an empty scratch one instead.
+    opened = open_store_or_scratch(env.config) if dry_run else _store(env)
+    with source, opened as store, _progress(file) as progress:
         summary = core.import_csv(
             store, source, list_name=list_name, dry_run=dry_run, progress=progress
         )

@@ -11,11 +11,14 @@ two writers queue behind the busy timeout instead of failing halfway) and
 from __future__ import annotations
 
 import re
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import (
     ArgumentError,
     DBAPIError,
@@ -34,7 +37,7 @@ if TYPE_CHECKING:
 DEFAULT_LIST = "main"
 SQLITE_BUSY_TIMEOUT_S = 15
 
-__all__ = ["DEFAULT_LIST", "Store", "migrations", "open_store", "schema"]
+__all__ = ["DEFAULT_LIST", "Store", "migrations", "open_store", "open_store_or_scratch", "schema"]
 
 
 class Store:
@@ -44,6 +47,7 @@ class Store:
         self.engine = engine
         self.url = url
         self.default_list = default_list
+        self.scratch: tempfile.TemporaryDirectory[str] | None = None  # removed on close
 
     @property
     def display_url(self) -> str:
@@ -93,6 +97,9 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+        if self.scratch is not None:
+            self.scratch.cleanup()
+            self.scratch = None
 
     def __enter__(self) -> Store:
         return self
@@ -141,6 +148,39 @@ def open_store(
         store.close()
         raise
     return store
+
+
+@contextmanager
+def open_store_or_scratch(config_or_url: Config | str) -> Iterator[Store]:
+    """The store; or, when it is a SQLite file not made yet, an empty throwaway database
+    with the same default list, so a dry run leaves no database behind."""
+    url = config_or_url if isinstance(config_or_url, str) else resolve_database_url(
+        config_or_url.database.url, config_or_url.root
+    )
+    path = sqlite_path(url)
+    if path is None or path.exists():
+        store = open_store(config_or_url)
+    else:
+        scratch = tempfile.TemporaryDirectory(prefix="newsletter-dry-run-")
+        default = None if isinstance(config_or_url, str) else config_or_url.newsletter.default_list
+        try:
+            store = open_store(f"sqlite:///{Path(scratch.name) / 'scratch.db'}", default_list=default)
+        except BaseException:
+            scratch.cleanup()
+            raise
+        store.scratch = scratch
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite URL (None for other databases and in-memory SQLite)."""
+    if not url.startswith("sqlite"):
+        return None
+    database = make_url(url).database
+    return Path(database) if database and database != ":memory:" else None
 
 
 def _driver_url(url: str) -> str:
