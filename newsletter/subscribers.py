@@ -917,6 +917,8 @@ class _ImportRun:
         self.now = utcnow()
         self.seen = _seen_table(conn)
         self._statements()
+        self.handled = 0
+        self.next_analyze = 1000
 
     def _statements(self) -> None:
         now = bindparam("now", type_=subscribers_t.c.created_at.type)
@@ -1054,6 +1056,21 @@ class _ImportRun:
             )
         if suppress_rows:
             conn.execute(self.insert_suppressions, suppress_rows)
+        self._refresh_statistics(len(records))
+
+    def _refresh_statistics(self, handled: int) -> None:
+        """PostgreSQL plans the lookups from table statistics, which autovacuum cannot
+        update while this transaction is still filling the tables (and never does for the
+        temporary one): without a fresh ANALYZE now and then, a big import into an empty
+        table turns every lookup into a full scan. Doubling the interval keeps it to a
+        handful of runs."""
+        self.handled += handled
+        if self.conn.dialect.name != "postgresql" or self.handled < self.next_analyze:
+            return
+        self.conn.exec_driver_sql(
+            f"ANALYZE {subscribers_t.name}, {memberships.name}, {self.seen.name}"
+        )
+        self.next_analyze *= 2
 
     def _row(self, rec: Record) -> dict[str, Any]:
         return {
