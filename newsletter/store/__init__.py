@@ -60,7 +60,8 @@ class Store:
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
-        """A connection in a read transaction (a consistent snapshot), rolled back after."""
+        """A connection for queries, in one transaction for the block (needed by
+        PostgreSQL's server-side cursors, which is how long results stream)."""
         with self._errors(), self.engine.connect() as conn, conn.begin():
             yield conn
 
