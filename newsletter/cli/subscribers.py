@@ -252,23 +252,25 @@ def _print_summary(s: core.ImportSummary) -> None:
     where = f"{show_path(s.path)} into list {s.list!r}"
     click.echo(f"Dry run of {where}: nothing was changed." if s.dry_run else f"Imported {where}.")
     verb = "would be " if s.dry_run else ""
-    click.echo(f"  added      {s.added:>8}")
-    click.echo(f"  updated    {s.updated:>8}")
-    click.echo(f"  unchanged  {s.unchanged:>8}")
+    click.echo(f"  added      {s.added:>8,}")
+    click.echo(f"  updated    {s.updated:>8,}")
+    click.echo(f"  unchanged  {s.unchanged:>8,}")
     kept = "  (unsubscribed, bounced, complained or forgotten: never re-added)" if s.kept_out else ""
-    click.echo(f"  kept out   {s.kept_out:>8}{kept}")
+    click.echo(f"  kept out   {s.kept_out:>8,}{kept}")
     where_rejected = ""
     if s.rejected_path:
         where_rejected = f"  (written to {show_path(s.rejected_path)})"
     elif s.rejected and s.dry_run:
         where_rejected = f"  ({verb}written to {show_path(core.rejected_path_for(s.path))})"
-    click.echo(f"  rejected   {s.rejected:>8}{where_rejected}")
+    click.echo(f"  rejected   {s.rejected:>8,}{where_rejected}")
     if s.duplicates:
         click.echo(f"  ({s.duplicates} duplicate row{'s' if s.duplicates != 1 else ''} merged)")
     for rejection in s.rejections:
         click.echo(f"  row {rejection.row}: {rejection.reason}")
     if s.rejected > len(s.rejections):
-        click.echo(f"  ... and {s.rejected - len(s.rejections)} more rejected rows")
+        more = s.rejected - len(s.rejections)
+        where_all = f" (all are in {show_path(s.rejected_path)})" if s.rejected_path else ""
+        click.echo(f"  ... and {more:,} more rejected rows{where_all}")
 
 
 def _status_option(func: Any) -> Any:
