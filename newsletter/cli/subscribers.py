@@ -80,8 +80,8 @@ def lists_list(env: Env) -> None:
         suppressed = sum(c.get(s, 0) for s in ("bounced", "complained", "manual"))
         title = " ".join(t for t in (item.title, "(default)" if item.name == default else "") if t)
         click.echo(
-            f"{item.name:<{width}}{c.get('active', 0):>8}{c.get('pending', 0):>9}"
-            f"{c.get('unsubscribed', 0):>7}{suppressed:>12}  {title}".rstrip()
+            f"{item.name:<{width}}{c.get('active', 0):>8,}{c.get('pending', 0):>9,}"
+            f"{c.get('unsubscribed', 0):>7,}{suppressed:>12,}  {title}".rstrip()
         )
 
 
@@ -455,17 +455,17 @@ def subscribers_stats(env: Env, weeks: int) -> None:
     width = max(4, *(len(item.name) for item in report.lists)) if report.lists else 4
     click.echo(f"{'LIST':<{width}}" + "".join(f"{s.upper():>14}" for s in statuses))
     for item in report.lists:
-        counts = "".join(f"{item.counts.get(s, 0):>14}" for s in statuses)
+        counts = "".join(f"{item.counts.get(s, 0):>14,}" for s in statuses)
         click.echo(f"{item.name:<{width}}{counts}")
     if not report.lists:
         click.echo("(no lists yet)")
     click.echo("")
     click.echo(f"{'WEEK OF':<12}{'JOINS':>8}{'LEAVES':>8}{'SUPPRESSED':>12}")
     for week in report.weeks:
-        click.echo(f"{week.start:%Y-%m-%d}  {week.joins:>8}{week.leaves:>8}{week.suppressed:>12}")
+        click.echo(f"{week.start:%Y-%m-%d}  {week.joins:>8,}{week.leaves:>8,}{week.suppressed:>12,}")
     click.echo("")
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(report.suppressions.items())) or "none"
-    click.echo(f"Subscribers on file: {report.subscribers}; suppressed addresses: {reasons}.")
+    click.echo(f"Subscribers on file: {report.subscribers:,}; suppressed addresses: {reasons}.")
 
 
 COMMANDS = [lists, subscribers]
