@@ -54,6 +54,7 @@ _newsletter_pg() {
 
     # A login role that may create databases: each test makes its own and drops it.
     "${as_pg[@]}" "$bindir/psql" -q -h "$data" -p "$port" -U postgres -d postgres -v ON_ERROR_STOP=1 >/dev/null <<SQL || { echo "postgres.sh: could not create the test role" >&2; return 1; }
+SET client_min_messages TO WARNING;
 DO \$\$ BEGIN
   IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$role') THEN
     CREATE ROLE $role LOGIN CREATEDB PASSWORD '$password';
