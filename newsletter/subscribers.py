@@ -59,7 +59,7 @@ from sqlalchemy import (
 
 from .addresses import ParsedAddress, clean_name, parse_address
 from .errors import InvalidAddress, ListError, ListNotFound, SubscriberError
-from .store import Store
+from .store import BulkInsert, Store
 from .store.schema import MEMBERSHIP_STATUSES, SUPPRESSION_REASONS, lists, memberships, suppressions
 from .store.schema import subscribers as subscribers_t
 from .subscriber_file import Record, Rejection, SubscriberFile
@@ -922,16 +922,13 @@ class _ImportRun:
 
     def _statements(self) -> None:
         now = bindparam("now", type_=subscribers_t.c.created_at.type)
-        self.insert_subscribers = insert(subscribers_t).values(
-            email=bindparam("email"),
-            email_key=bindparam("email_key"),
-            email_hash=bindparam("email_hash"),
-            name=bindparam("name"),
-            attributes=bindparam("attributes", type_=subscribers_t.c.attributes.type),
-            source=bindparam("source"),
-            created_at=now,
-            updated_at=now,
+        self.insert_subscribers = BulkInsert(
+            self.conn,
+            subscribers_t,
+            ["email", "email_key", "email_hash", "name", "attributes"],
+            constants={"source": self.source, "created_at": self.now, "updated_at": self.now},
         )
+        self.insert_seen = BulkInsert(self.conn, self.seen, ["email_key"])
         self.update_subscribers = (
             update(subscribers_t)
             .where(subscribers_t.c.id == bindparam("sid"))
@@ -977,8 +974,7 @@ class _ImportRun:
         keys = [r.key for r in records]
         seen = set(conn.scalars(self.select_seen, {"keys": keys}))
         fresh = [k for k in keys if k not in seen]
-        if fresh:
-            conn.execute(insert(self.seen), [{"email_key": k} for k in fresh])
+        self.insert_seen(conn, ({"email_key": k} for k in fresh))
         existing = {row.email_key: row for row in conn.execute(self.select_existing, {"keys": keys})}
         ids = [row.id for row in existing.values()]
         member_status: dict[int, str] = (
@@ -1040,8 +1036,7 @@ class _ImportRun:
             else:
                 self.summary.count(outcome)
 
-        if new_subscribers:
-            conn.execute(self.insert_subscribers, new_subscribers)
+        self.insert_subscribers(conn, new_subscribers)
         if subscriber_updates:
             conn.execute(self.update_subscribers, subscriber_updates)
         for status, status_keys in join.items():
@@ -1072,15 +1067,14 @@ class _ImportRun:
         )
         self.next_analyze *= 2
 
-    def _row(self, rec: Record) -> dict[str, Any]:
+    @staticmethod
+    def _row(rec: Record) -> dict[str, Any]:
         return {
             "email": rec.email,
             "email_key": rec.key,
             "email_hash": rec.hash,
             "name": rec.name,
             "attributes": rec.attributes,
-            "source": self.source,
-            "now": self.now,
         }
 
     def _join(self, status: str, keys: list[str]) -> None:

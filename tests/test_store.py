@@ -376,3 +376,30 @@ def test_a_scratch_store_stands_in_for_a_sqlite_file_not_made_yet(tmp_path, db_u
     open_store(db_url).close()
     with open_store_or_scratch(db_url) as real:
         assert real.url.endswith(db_url.split("://", 1)[1]) and real.scratch is None
+
+
+def test_bulk_insert_converts_like_sqlalchemy_does(store):
+    from newsletter.store import BulkInsert
+
+    when = dt.datetime(2026, 5, 4, 12, 30, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+    with store.write() as conn:
+        bulk = BulkInsert(
+            conn,
+            schema.subscribers,
+            ["email", "email_key", "email_hash", "name", "attributes"],
+            constants={"source": "bulk", "created_at": when, "updated_at": when},
+        )
+        bulk(conn, [
+            {"email": f"R{i}@example.com", "email_key": f"r{i}@example.com",
+             "email_hash": f"{i:064x}", "name": "Åse", "attributes": {"n": i, "tags": ["a"]}}
+            for i in range(3)
+        ])
+        bulk(conn, [])  # nothing to do is fine
+    with store.read() as conn:
+        rows = conn.execute(
+            select(schema.subscribers).order_by(schema.subscribers.c.email_key)
+        ).all()
+    assert [(r.email, r.name, r.attributes, r.source) for r in rows] == [
+        (f"R{i}@example.com", "Åse", {"n": i, "tags": ["a"]}, "bulk") for i in range(3)
+    ]
+    assert {r.created_at for r in rows} == {when} and rows[0].created_at.tzinfo == dt.UTC

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, Table, bindparam, create_engine, event, insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import (
     ArgumentError,
@@ -37,7 +37,15 @@ if TYPE_CHECKING:
 DEFAULT_LIST = "main"
 SQLITE_BUSY_TIMEOUT_S = 15
 
-__all__ = ["DEFAULT_LIST", "Store", "migrations", "open_store", "open_store_or_scratch", "schema"]
+__all__ = [
+    "DEFAULT_LIST",
+    "BulkInsert",
+    "Store",
+    "migrations",
+    "open_store",
+    "open_store_or_scratch",
+    "schema",
+]
 
 
 class Store:
@@ -149,6 +157,53 @@ def open_store(
         store.close()
         raise
     return store
+
+
+class BulkInsert:
+    """An INSERT for many rows at driver speed, for imports.
+
+    SQLAlchemy compiles the statement once and supplies each column's conversion (JSON,
+    UTC timestamps); the rows then go to the driver's executemany as plain tuples or
+    dicts. ``constants`` (a timestamp, a source) are converted once, not once per row.
+    Going through the full statement machinery row by row took half of a large import."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        table: Table,
+        columns: Sequence[str],
+        constants: Mapping[str, Any] | None = None,
+    ) -> None:
+        dialect = conn.dialect
+        constants = dict(constants or {})
+        names = [*columns, *constants]
+        compiled = insert(table).values({n: bindparam(n) for n in names}).compile(dialect=dialect)
+        self.sql = str(compiled)
+        self.positional = bool(compiled.positional)
+        self.order = list(compiled.positiontup or names) if self.positional else names
+
+        def converter(name: str) -> Any:
+            return table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+
+        self.fixed = {
+            n: (convert(v) if (convert := converter(n)) else v) for n, v in constants.items()
+        }
+        self.steps = [(n, n in self.fixed, converter(n)) for n in self.order]
+
+    def __call__(self, conn: Connection, rows: Iterable[Mapping[str, Any]]) -> None:
+        fixed = self.fixed
+        values = [
+            [fixed[n] if is_fixed else (f(row[n]) if f else row[n]) for n, is_fixed, f in self.steps]
+            for row in rows
+        ]
+        if not values:
+            return
+        params: list[Any] = (
+            [tuple(v) for v in values]
+            if self.positional
+            else [dict(zip(self.order, v, strict=True)) for v in values]
+        )
+        conn.exec_driver_sql(self.sql, params)
 
 
 @contextmanager
