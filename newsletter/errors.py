@@ -43,6 +43,30 @@ class StoreError(NewsletterError):
     """The database cannot be opened or refuses an operation."""
 
 
+class SchemaVersionError(StoreError):
+    """The database was made by a newer release, or by something other than newsletter."""
+
+
+class ListError(StoreError):
+    """A list cannot be created, renamed or deleted as asked."""
+
+
+class ListNotFound(ListError):
+    """A subscriber list named on the command line does not exist."""
+
+
+class SubscriberError(NewsletterError):
+    """A subscriber operation is refused: unknown address, unsubscribed, suppressed, ..."""
+
+
+class InvalidAddress(SubscriberError):
+    """An email address (or a name going into a header) is not acceptable."""
+
+
+class ImportFileError(NewsletterError):
+    """A subscriber file cannot be imported at all: missing, not CSV, no email column."""
+
+
 class ProviderError(NewsletterError):
     """An email service refused or failed a request."""
 

@@ -93,3 +93,71 @@ def sample_letter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     shutil.copytree(REPO / "issues", tmp_path / "issues")
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+# --- store fixtures ---
+
+POSTGRES_SKIP = (
+    "PostgreSQL tests skipped: run `. .ci/postgres.sh` to install and start a local server, "
+    "or set NEWSLETTER_TEST_POSTGRES_URL"
+)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path):
+    """A URL to an empty database: a SQLite file, or a fresh PostgreSQL database made for
+    this test on the server named by NEWSLETTER_TEST_POSTGRES_URL (dropped afterwards)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'test.db'}"
+        return
+    base = os.environ.get("NEWSLETTER_TEST_POSTGRES_URL")
+    if not base:
+        pytest.skip(POSTGRES_SKIP)
+    import uuid
+
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    name = f"newsletter_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        yield make_url(base).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+@pytest.fixture
+def store(db_url: str):
+    """An opened, up-to-date store on each database; default list "main"."""
+    from newsletter.store import open_store
+
+    opened = open_store(db_url)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def letter_db(letter: Path, db_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The `letter` folder with its database on each kind of server (through the
+    environment, as a deployment would set it)."""
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", db_url)
+    return db_url
+
+
+@pytest.fixture
+def cli():
+    """cli("subscribers", "add", ...) -> click Result, run in-process."""
+    from click.testing import CliRunner
+
+    from newsletter.cli import main
+
+    runner = CliRunner()
+
+    def _run(*args: str, input: str | None = None):
+        return runner.invoke(main, list(args), input=input, catch_exceptions=False)
+
+    return _run

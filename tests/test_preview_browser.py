@@ -14,11 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from .conftest import REPO
-from .test_preview import QUOTA, QUOTA_POST, RecordingSender, edit
 
 from newsletter.web.preview import PreviewApp, PreviewServer, Workspace
 from newsletter.web.screenshot import CHROMIUM_ARGS, BrowserMissing, find_chromium
+
+from .conftest import REPO
+from .test_preview import QUOTA, QUOTA_POST, RecordingSender, edit
 
 try:
     from playwright.sync_api import Browser, Page, expect, sync_playwright

@@ -1,0 +1,161 @@
+"""Schema versions: ordered migration steps and the bookkeeping table that records them.
+
+A database remembers every step applied to it in ``schema_migrations``; opening it runs the
+steps it lacks, in order, in one transaction, so an upgrade happens completely or not at
+all. A fresh database is built by the same steps, which keeps one path for both.
+
+To change the schema, append a step to :data:`STEPS` (never edit a released one: databases
+in the field were made by it) and update :mod:`.schema` to match. A step writes its DDL
+out in full, as it stood on the day it shipped, rather than pointing at the current tables;
+``tests/test_store.py`` checks that the steps and :mod:`.schema` agree.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    Column,
+    Connection,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    inspect,
+    select,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+from ..errors import SchemaVersionError
+from .schema import NAMING, TABLE_NAMES, UtcDateTime, schema_migrations
+
+# Any constant will do; it keys the PostgreSQL advisory lock that serialises upgrades when
+# two processes open a fresh database at once.
+_PG_LOCK_KEY = 0x6E6C5F6D6967  # "nl_mig"
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    version: int
+    name: str
+    apply: Callable[[Connection], None]
+
+
+def _v1_initial(conn: Connection) -> None:
+    """Lists, subscribers, memberships and the global suppression list."""
+    md = MetaData(naming_convention=NAMING)
+    json = JSON().with_variant(JSONB(), "postgresql")
+    Table(
+        "lists",
+        md,
+        Column("id", Integer, primary_key=True),
+        Column("name", String(63), nullable=False, unique=True),
+        Column("title", String(200), nullable=False, server_default=""),
+        Column("created_at", UtcDateTime, nullable=False),
+    )
+    Table(
+        "subscribers",
+        md,
+        Column("id", Integer, primary_key=True),
+        Column("email", String(320), nullable=False),
+        Column("email_key", String(320), nullable=False, unique=True),
+        Column("email_hash", String(64), nullable=False, unique=True),
+        Column("name", String(200), nullable=False, server_default=""),
+        Column("attributes", json, nullable=False),
+        Column("source", String(200), nullable=False, server_default=""),
+        Column("created_at", UtcDateTime, nullable=False),
+        Column("updated_at", UtcDateTime, nullable=False),
+    )
+    Table(
+        "memberships",
+        md,
+        Column("list_id", Integer, ForeignKey("lists.id", ondelete="CASCADE"), primary_key=True),
+        Column(
+            "subscriber_id",
+            Integer,
+            ForeignKey("subscribers.id", ondelete="CASCADE"),
+            primary_key=True,
+        ),
+        Column("status", String(16), nullable=False),
+        Column("source", String(200), nullable=False, server_default=""),
+        Column("created_at", UtcDateTime, nullable=False),
+        Column("confirmed_at", UtcDateTime, nullable=True),
+        Column("unsubscribed_at", UtcDateTime, nullable=True),
+        CheckConstraint("status IN ('pending', 'active', 'unsubscribed')", name="status"),
+        Index("ix_memberships_list_status", "list_id", "status", "subscriber_id"),
+        Index("ix_memberships_subscriber", "subscriber_id"),
+    )
+    Table(
+        "suppressions",
+        md,
+        Column("email_hash", String(64), primary_key=True),
+        Column("reason", String(16), nullable=False),
+        Column("detail", Text, nullable=False, server_default=""),
+        Column("created_at", UtcDateTime, nullable=False),
+        CheckConstraint(
+            "reason IN ('bounced', 'complained', 'manual', 'forgotten')", name="reason"
+        ),
+    )
+    md.create_all(conn)
+
+
+STEPS: tuple[Step, ...] = (Step(1, "lists, subscribers, memberships, suppressions", _v1_initial),)
+
+LATEST = STEPS[-1].version
+
+
+def current_version(conn: Connection) -> int | None:
+    """The newest step applied, 0 for an empty database, None for one that is not ours."""
+    names = set(inspect(conn).get_table_names())
+    if schema_migrations.name not in names:
+        return None if names & set(TABLE_NAMES) else 0
+    return conn.execute(select(schema_migrations.c.version).order_by(
+        schema_migrations.c.version.desc()).limit(1)).scalar_one_or_none() or 0
+
+
+def check_version(version: int | None, where: str) -> None:
+    """Refuse a database this release cannot read: too new, or made by something else."""
+    if version is None:
+        raise SchemaVersionError(
+            f"database {where} has tables named like this newsletter's but no "
+            "schema_migrations table, so it was not made by newsletter; point [database] url "
+            "(or NEWSLETTER_DATABASE_URL) at an empty or newsletter database"
+        )
+    if version > LATEST:
+        raise SchemaVersionError(
+            f"database {where} is at schema version {version}, newer than this release of "
+            f"newsletter understands (up to {LATEST}); upgrade newsletter "
+            "(pip install -U newsletter) before using this database"
+        )
+
+
+def upgrade(conn: Connection, where: str, target: int | None = None) -> list[int]:
+    """Apply the missing steps up to ``target`` (default: all) inside the caller's
+    transaction; return the versions applied. ``where`` names the database in errors."""
+    target = LATEST if target is None else target
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
+    version = current_version(conn)
+    check_version(version, where)
+    assert version is not None
+    if version == 0 and schema_migrations.name not in inspect(conn).get_table_names():
+        schema_migrations.create(conn)
+    applied = []
+    for step in STEPS:
+        if version < step.version <= target:
+            step.apply(conn)
+            conn.execute(
+                schema_migrations.insert().values(
+                    version=step.version, name=step.name, applied_at=dt.datetime.now(dt.UTC)
+                )
+            )
+            applied.append(step.version)
+    return applied

@@ -1,0 +1,143 @@
+"""The current database schema as SQLAlchemy Core tables, the one vocabulary for queries.
+
+The tables are created and changed only by the ordered steps in :mod:`.migrations`; a test
+checks that a database built by those steps matches the tables declared here.
+
+Every timestamp is stored as naive UTC (:class:`UtcDateTime`) so SQLite and PostgreSQL hold,
+compare and return the same values.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+# Constraint names are part of the schema; a fixed convention keeps them the same on both
+# databases so later migrations can refer to them.
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+MEMBERSHIP_STATUSES = ("pending", "active", "unsubscribed")
+SUPPRESSION_REASONS = ("bounced", "complained", "manual", "forgotten")
+
+
+class UtcDateTime(TypeDecorator[dt.datetime]):
+    """An aware UTC datetime in Python, naive UTC in the database (the same on both)."""
+
+    impl = DateTime(timezone=False)
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        if not isinstance(value, dt.datetime) or value.tzinfo is None:
+            raise ValueError(f"timestamps must be timezone-aware datetimes, got {value!r}")
+        return value.astimezone(dt.UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.UTC)
+
+
+def json_type() -> JSON:
+    """JSON on SQLite, JSONB on PostgreSQL (indexable, compact)."""
+    return JSON().with_variant(JSONB(), "postgresql")
+
+
+def _one_of(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+metadata = MetaData(naming_convention=NAMING)
+
+schema_migrations = Table(
+    "schema_migrations",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("name", String(200), nullable=False),
+    Column("applied_at", UtcDateTime, nullable=False),
+)
+
+lists = Table(
+    "lists",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(63), nullable=False, unique=True),
+    Column("title", String(200), nullable=False, server_default=""),
+    Column("created_at", UtcDateTime, nullable=False),
+)
+
+subscribers = Table(
+    "subscribers",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    # The address as given; email_key is its normalised, lowercased form (unique), and
+    # email_hash the sha256 of email_key, the only thing suppressions keep.
+    Column("email", String(320), nullable=False),
+    Column("email_key", String(320), nullable=False, unique=True),
+    Column("email_hash", String(64), nullable=False, unique=True),
+    Column("name", String(200), nullable=False, server_default=""),
+    Column("attributes", json_type(), nullable=False),
+    Column("source", String(200), nullable=False, server_default=""),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+)
+
+memberships = Table(
+    "memberships",
+    metadata,
+    Column(
+        "list_id", Integer, ForeignKey("lists.id", ondelete="CASCADE"), primary_key=True
+    ),
+    Column(
+        "subscriber_id",
+        Integer,
+        ForeignKey("subscribers.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("status", String(16), nullable=False),
+    Column("source", String(200), nullable=False, server_default=""),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("confirmed_at", UtcDateTime, nullable=True),
+    Column("unsubscribed_at", UtcDateTime, nullable=True),
+    CheckConstraint(_one_of("status", MEMBERSHIP_STATUSES), name="status"),
+    # The audience query walks (list, status) and joins on subscriber_id.
+    Index("ix_memberships_list_status", "list_id", "status", "subscriber_id"),
+    Index("ix_memberships_subscriber", "subscriber_id"),
+)
+
+suppressions = Table(
+    "suppressions",
+    metadata,
+    Column("email_hash", String(64), primary_key=True),
+    Column("reason", String(16), nullable=False),
+    Column("detail", Text, nullable=False, server_default=""),
+    Column("created_at", UtcDateTime, nullable=False),
+    CheckConstraint(_one_of("reason", SUPPRESSION_REASONS), name="reason"),
+)
+
+# Names of the tables this release creates, for spotting a database that belongs to
+# something else.
+TABLE_NAMES = tuple(metadata.tables)
