@@ -49,11 +49,9 @@ from sqlalchemy import (
     exists,
     func,
     insert,
-    inspect,
     literal,
     null,
     select,
-    text,
     update,
 )
 
@@ -212,12 +210,11 @@ def delete_list(store: Store, name: str) -> int:
 
 
 def campaigns_using(conn: Connection, list_id: int) -> int:
-    """Campaigns referring to a list. The campaigns table comes with a later schema
-    version, so look for it rather than assume it."""
-    if not inspect(conn).has_table("campaigns"):
-        return 0
+    """Campaigns referring to a list."""
+    from .store.schema import campaigns
+
     return conn.execute(
-        text("SELECT count(*) FROM campaigns WHERE list_id = :list_id"), {"list_id": list_id}
+        select(func.count()).select_from(campaigns).where(campaigns.c.list_id == list_id)
     ).scalar_one()
 
 

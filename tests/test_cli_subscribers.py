@@ -89,15 +89,16 @@ def test_renaming_the_default_list_says_to_update_the_configuration(letter, cli)
     assert "default_list is still 'main'" in result.output
 
 
-def test_a_list_in_use_by_a_campaign_is_not_deleted(letter, cli):
-    import sqlite3
+def test_a_list_in_use_by_a_campaign_is_not_deleted(letter, cli, sample_issue):
+    from newsletter import build, campaign
+    from newsletter.config import load
+    from newsletter.store import open_store
 
     cli("lists", "create", "weekly")
-    con = sqlite3.connect(letter / "newsletter.db")
-    con.execute("CREATE TABLE campaigns (id INTEGER PRIMARY KEY, list_id INTEGER NOT NULL)")
-    con.execute("INSERT INTO campaigns (list_id) SELECT id FROM lists WHERE name = 'weekly'")
-    con.commit()
-    con.close()
+    cli("subscribers", "add", "ann@example.com", "--list", "weekly", "--confirmed")
+    config = load(letter / "newsletter.toml", environ={})
+    with open_store(config) as store:
+        campaign.start(store, build.render(config, sample_issue), "weekly", "outbox")
     line = _error_line(cli("lists", "delete", "weekly", "--yes"))
     assert "used by 1 campaign and cannot be deleted" in line
     assert "newsletter lists rename weekly NEW" in line

@@ -28,6 +28,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     inspect,
     select,
     text,
@@ -107,7 +108,82 @@ def _v1_initial(conn: Connection) -> None:
     md.create_all(conn)
 
 
-STEPS: tuple[Step, ...] = (Step(1, "lists, subscribers, memberships, suppressions", _v1_initial),)
+def _v2_campaigns(conn: Connection) -> None:
+    """Campaigns, their per-recipient delivery journal, and provider events."""
+    md = MetaData(naming_convention=NAMING)
+    json = JSON().with_variant(JSONB(), "postgresql")
+    # Stand-ins for the tables the foreign keys point at (they exist already).
+    Table("lists", md, Column("id", Integer, primary_key=True))
+    Table("subscribers", md, Column("id", Integer, primary_key=True))
+    campaigns = Table(
+        "campaigns",
+        md,
+        Column("id", Integer, primary_key=True),
+        Column("uid", String(32), nullable=False, unique=True),
+        Column("issue", String(200), nullable=False),
+        Column("list_id", Integer, ForeignKey("lists.id", ondelete="RESTRICT"), nullable=False),
+        Column("status", String(16), nullable=False),
+        Column("subject", Text, nullable=False),
+        Column("content_hash", String(64), nullable=False),
+        Column("source_hashes", json, nullable=False),
+        Column("web_html", Text, nullable=False, server_default=""),
+        Column("provider", String(32), nullable=False),
+        Column("total", Integer, nullable=False, server_default="0"),
+        Column("next_batch", Integer, nullable=False, server_default="1"),
+        Column("lease_owner", String(200), nullable=True),
+        Column("lease_expires", UtcDateTime, nullable=True),
+        Column("last_error", Text, nullable=False, server_default=""),
+        Column("created_at", UtcDateTime, nullable=False),
+        Column("updated_at", UtcDateTime, nullable=False),
+        Column("finished_at", UtcDateTime, nullable=True),
+        CheckConstraint("status IN ('sending', 'paused', 'finished', 'cancelled')", name="status"),
+        UniqueConstraint("issue", "list_id", name="uq_campaigns_issue_list"),
+    )
+    Table(
+        "deliveries",
+        md,
+        Column("id", Integer, primary_key=True),
+        Column("campaign_id", Integer, ForeignKey(campaigns.c.id, ondelete="CASCADE"), nullable=False),
+        # SET NULL: `forget` deletes the subscriber; the journal keeps no address.
+        Column("subscriber_id", Integer, ForeignKey("subscribers.id", ondelete="SET NULL"), nullable=True),
+        Column("status", String(16), nullable=False),
+        Column("batch", Integer, nullable=True),
+        Column("attempts", Integer, nullable=False, server_default="0"),
+        Column("provider_id", String(200), nullable=True),
+        Column("reason", Text, nullable=True),
+        Column("updated_at", UtcDateTime, nullable=False),
+        CheckConstraint(
+            "status IN ('queued', 'sending', 'sent', 'failed', 'skipped', 'unknown', 'cancelled')",
+            name="status",
+        ),
+        UniqueConstraint("campaign_id", "subscriber_id", name="uq_deliveries_campaign_subscriber"),
+        Index("ix_deliveries_campaign_status", "campaign_id", "status", "id"),
+        Index("ix_deliveries_provider_id", "provider_id"),
+    )
+    Table(
+        "events",
+        md,
+        Column("id", Integer, primary_key=True),
+        Column("provider", String(32), nullable=False),
+        Column("kind", String(32), nullable=False),
+        Column("email_hash", String(64), nullable=True),
+        Column("campaign_id", Integer, ForeignKey(campaigns.c.id, ondelete="SET NULL"), nullable=True),
+        Column("provider_event_id", String(200), nullable=True),
+        Column("detail", Text, nullable=False, server_default=""),
+        Column("occurred_at", UtcDateTime, nullable=True),
+        Column("created_at", UtcDateTime, nullable=False),
+        UniqueConstraint("provider", "provider_event_id", name="uq_events_provider_event"),
+        Index("ix_events_email_hash", "email_hash"),
+        Index("ix_events_campaign", "campaign_id"),
+    )
+    for name in ("campaigns", "deliveries", "events"):
+        md.tables[name].create(conn)
+
+
+STEPS: tuple[Step, ...] = (
+    Step(1, "lists, subscribers, memberships, suppressions", _v1_initial),
+    Step(2, "campaigns, deliveries, events", _v2_campaigns),
+)
 
 LATEST = STEPS[-1].version
 

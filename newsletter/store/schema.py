@@ -25,6 +25,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -136,6 +137,72 @@ suppressions = Table(
     Column("detail", Text, nullable=False, server_default=""),
     Column("created_at", UtcDateTime, nullable=False),
     CheckConstraint(_one_of("reason", SUPPRESSION_REASONS), name="reason"),
+)
+
+CAMPAIGN_STATUSES = ("sending", "paused", "finished", "cancelled")
+DELIVERY_STATUSES = ("queued", "sending", "sent", "failed", "skipped", "unknown", "cancelled")
+
+campaigns = Table(
+    "campaigns",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    # A random id for message ids and idempotency keys, unique across databases.
+    Column("uid", String(32), nullable=False, unique=True),
+    Column("issue", String(200), nullable=False),
+    Column("list_id", Integer, ForeignKey("lists.id", ondelete="RESTRICT"), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("subject", Text, nullable=False),
+    # The frozen issue: a resume sends exactly this, or refuses.
+    Column("content_hash", String(64), nullable=False),
+    Column("source_hashes", json_type(), nullable=False),
+    Column("web_html", Text, nullable=False, server_default=""),
+    Column("provider", String(32), nullable=False),
+    Column("total", Integer, nullable=False, server_default="0"),
+    Column("next_batch", Integer, nullable=False, server_default="1"),
+    # One process sends a campaign at a time.
+    Column("lease_owner", String(200), nullable=True),
+    Column("lease_expires", UtcDateTime, nullable=True),
+    Column("last_error", Text, nullable=False, server_default=""),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Column("finished_at", UtcDateTime, nullable=True),
+    CheckConstraint(_one_of("status", CAMPAIGN_STATUSES), name="status"),
+    UniqueConstraint("issue", "list_id", name="uq_campaigns_issue_list"),
+)
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("campaign_id", Integer, ForeignKey("campaigns.id", ondelete="CASCADE"), nullable=False),
+    Column("subscriber_id", Integer, ForeignKey("subscribers.id", ondelete="SET NULL"), nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("batch", Integer, nullable=True),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("provider_id", String(200), nullable=True),
+    Column("reason", Text, nullable=True),
+    Column("updated_at", UtcDateTime, nullable=False),
+    CheckConstraint(_one_of("status", DELIVERY_STATUSES), name="status"),
+    UniqueConstraint("campaign_id", "subscriber_id", name="uq_deliveries_campaign_subscriber"),
+    Index("ix_deliveries_campaign_status", "campaign_id", "status", "id"),
+    Index("ix_deliveries_provider_id", "provider_id"),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("provider", String(32), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("email_hash", String(64), nullable=True),
+    Column("campaign_id", Integer, ForeignKey("campaigns.id", ondelete="SET NULL"), nullable=True),
+    Column("provider_event_id", String(200), nullable=True),
+    Column("detail", Text, nullable=False, server_default=""),
+    Column("occurred_at", UtcDateTime, nullable=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    UniqueConstraint("provider", "provider_event_id", name="uq_events_provider_event"),
+    Index("ix_events_email_hash", "email_hash"),
+    Index("ix_events_campaign", "campaign_id"),
 )
 
 # Names of the tables this release creates, for spotting a database that belongs to

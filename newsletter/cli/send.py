@@ -1,0 +1,249 @@
+"""Commands for sending: send, status, cancel."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+
+import click
+
+from .common import Env, pass_env
+
+
+def _n(value: int) -> str:
+    return f"{value:,}"
+
+
+class ProgressPrinter:
+    """A progress line with rate and ETA on a terminal; a plain line per batch otherwise."""
+
+    def __init__(self, total: int, tty: bool | None = None) -> None:
+        self.total = total
+        self.tty = sys.stderr.isatty() if tty is None else tty
+        self.last = 0.0
+
+    def __call__(self, p) -> None:
+        rate = p.rate
+        left = max(0, p.total - p.done)
+        eta = f"{left / rate:,.0f} s left" if rate > 0 and left else ""
+        line = (f"{_n(p.done)}/{_n(p.total)} done · {_n(p.sent)} sent · {_n(p.failed)} failed"
+                f" · {rate:,.0f}/s {eta}").rstrip()
+        if self.tty:
+            width = 30
+            filled = int(width * p.done / p.total) if p.total else width
+            click.echo(f"\r[{'#' * filled}{'.' * (width - filled)}] {line}\033[K", nl=False, err=True)
+        else:
+            now = time.monotonic()
+            if now - self.last >= 1.0 or p.done >= p.total:
+                self.last = now
+                click.echo(line, err=True)
+
+    def close(self) -> None:
+        if self.tty:
+            click.echo("", err=True)
+
+
+def _describe(campaign, c) -> str:
+    parts = [f"{_n(c['sent'])} sent"]
+    for status in ("failed", "skipped", "unknown", "queued", "cancelled"):
+        if c[status]:
+            parts.append(f"{_n(c[status])} {status}")
+    return ", ".join(parts)
+
+
+def _issue_slug(env: Env, issue: str) -> str:
+    """The slug for ISSUE: its folder when it still exists, else the name as given."""
+    from ..content import resolve_issue
+    from ..errors import IssueNotFound
+
+    try:
+        return resolve_issue(env.config.issues_dir, issue).name
+    except IssueNotFound:
+        return issue.rstrip("/").rsplit("/", 1)[-1]
+
+
+@click.command()
+@click.argument("issue", required=False)
+@click.option("--list", "list_name", help="The list to send to (default: the issue's `list:`, else the default list).")
+@click.option("--test-to", "test_to", multiple=True, metavar="EMAIL",
+              help="Send a proof to this address only (repeatable); the list is untouched.")
+@click.option("--dry-run", is_flag=True, help="Show who would get it, in how many batches, through which provider; send nothing.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted campaign.")
+@click.option("--resend-unknown", is_flag=True,
+              help="With --resume: send again to recipients whose outcome is unknown (they may get it twice).")
+@click.option("--rerender", is_flag=True,
+              help="With --resume: the issue files changed; send the new version to the recipients not yet sent.")
+@pass_env
+def send(env: Env, issue: str | None, list_name: str | None, test_to: tuple[str, ...], dry_run: bool,
+         yes: bool, resume: bool, resend_unknown: bool, rerender: bool) -> None:
+    """Send ISSUE (default: the newest) to a list, or proofs with --test-to."""
+    from .. import build
+    from .. import campaign as engine
+    from ..providers import get_provider
+    from ..store import open_store
+
+    config = env.config
+    rendered = build.render(config, issue)
+    findings = engine.preflight(config, rendered)
+    for finding in findings:
+        click.echo(f"  warning: {finding}", err=True)
+
+    if test_to:
+        outcomes = engine.send_test(config, rendered, list(test_to))
+        failed = 0
+        for address, outcome in zip(test_to, outcomes, strict=False):
+            if outcome.status == "sent":
+                click.echo(f"test sent to {address} via {config.provider.name}"
+                           + (f" ({outcome.provider_id})" if outcome.provider_id else ""))
+            else:
+                failed += 1
+                click.echo(f"test to {address} {outcome.status}: {outcome.reason}", err=True)
+        if failed:
+            raise engine.CampaignError(f"{failed} of {len(test_to)} test messages were not sent")
+        return
+
+    provider = get_provider(config)
+    name = list_name or rendered.issue.list_name or config.newsletter.default_list
+    with open_store(config) as store:
+        existing = engine.find_campaign(store, rendered.slug, name)
+        if dry_run:
+            if existing:
+                c = engine.counts(store, existing.id)
+                click.echo(f"{rendered.slug} → {name}: campaign {existing.status} ({_describe(existing, c)}); "
+                           f"{_n(c['queued'])} still to send via {provider.name}. Nothing sent.")
+                return
+            total = engine.audience_size(store, name)
+            batches = math.ceil(total / provider.batch_size) if total else 0
+            click.echo(f"Would send {rendered.subject!r} to {_n(total)} subscribers of {name} "
+                       f"via {provider.name}, in {_n(batches)} batch(es) of up to {_n(provider.batch_size)}.")
+            sample = engine.audience_sample(store, name, 10)
+            for address in sample:
+                click.echo(f"  {address}")
+            if total > len(sample):
+                click.echo(f"  ... and {_n(total - len(sample))} more")
+            click.echo("Nothing sent (dry run).")
+            return
+
+        if existing and not resume:
+            c = engine.counts(store, existing.id)
+            state = f"{existing.status}: {_describe(existing, c)}"
+            if existing.status in ("sending", "paused"):
+                hint = f"run `newsletter send {rendered.slug} --resume` to continue it"
+            elif existing.status == "finished":
+                hint = "it will not be sent again"
+            else:
+                hint = "it was cancelled and will not be sent"
+            raise engine.CampaignExists(
+                f"{rendered.slug} already has a campaign for list {name} ({state}); {hint}"
+            )
+        if resume and not existing:
+            raise engine.CampaignError(
+                f"{rendered.slug} has no campaign for list {name} to resume; run `newsletter send {rendered.slug}`"
+            )
+
+        if existing:
+            campaign = existing
+            if rendered.content_hash != campaign.content_hash:
+                if not rerender:
+                    engine.check_content(campaign, rendered)
+                remaining = engine.counts(store, campaign.id)["queued"]
+                if not yes:
+                    click.confirm(f"Send the changed issue to the {_n(remaining)} recipients not yet sent?",
+                                  abort=True)
+                engine.accept_content(store, campaign, rendered)
+                campaign = engine.find_campaign(store, rendered.slug, name)
+        else:
+            total = engine.audience_size(store, name)
+            if total == 0:
+                raise engine.CampaignError(
+                    f"list {name} has no active subscribers; add some with `newsletter subscribers add` or `import`"
+                )
+            if not yes:
+                click.confirm(
+                    f"Send {rendered.subject!r} to {_n(total)} subscribers of {name} via {provider.name}?",
+                    abort=True,
+                )
+            campaign = engine.start(store, rendered, name, provider.name)
+            click.echo(f"campaign started: {_n(campaign.total)} recipients frozen", err=True)
+
+        printer = ProgressPrinter(campaign.total)
+        try:
+            result = engine.send_campaign(config, store, campaign, rendered, provider,
+                                          resend_unknown=resend_unknown, on_progress=printer)
+        finally:
+            printer.close()
+        c = result.counts
+        summary = f"{rendered.subject!r} to {name} via {provider.name}: {_describe(campaign, c)}"
+        if not result.finished:
+            raise engine.Stopped(
+                f"campaign stopped after {_n(c.done)} of {_n(c.total)} ({result.stopped_reason}); "
+                f"run `newsletter send {rendered.slug} --resume`"
+            )
+        click.echo(f"done: {summary}")
+        if c["unknown"]:
+            click.echo(
+                f"{_n(c['unknown'])} recipient(s) have an unknown outcome (a call died after it left); "
+                f"`newsletter status {rendered.slug}` lists them, and `newsletter send {rendered.slug} "
+                "--resume --resend-unknown` sends to them again (they may get it twice)."
+            )
+
+
+@click.command()
+@click.argument("issue", required=False)
+@pass_env
+def status(env: Env, issue: str | None) -> None:
+    """Campaigns with their counts: sent, failed (by reason), skipped, unknown, queued."""
+    from .. import campaign as engine
+    from ..store import open_store
+
+    slug = _issue_slug(env, issue) if issue else None
+    with open_store(env.config) as store:
+        found = engine.all_campaigns(store, slug)
+        if not found:
+            click.echo(f"no campaigns{f' for {slug}' if slug else ''} yet")
+            return
+        for campaign in found:
+            c = engine.counts(store, campaign.id)
+            click.echo(f"{campaign.issue} → {campaign.list_name} via {campaign.provider}: {campaign.status}"
+                       f" (started {campaign.created_at:%Y-%m-%d %H:%M} UTC)")
+            click.echo(f"  {_describe(campaign, c)} of {_n(c.total)}")
+            for reason, n in c.failed_reasons.most_common(10):
+                click.echo(f"  failed {_n(n)}: {reason}")
+            if campaign.last_error and campaign.status != "finished":
+                click.echo(f"  stopped: {campaign.last_error}")
+            if slug and c["unknown"]:
+                click.echo("  unknown outcome:")
+                for address in engine.unknown_recipients(store, campaign.id):
+                    click.echo(f"    {address}")
+            for line in engine.event_summary(store, campaign.id):
+                click.echo(f"  {line}")
+
+
+@click.command()
+@click.argument("issue")
+@click.option("--list", "list_name", help="The campaign's list, when the issue went to several.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@pass_env
+def cancel(env: Env, issue: str, list_name: str | None, yes: bool) -> None:
+    """Stop ISSUE's campaign for good; nothing more is sent."""
+    from .. import campaign as engine
+    from ..store import open_store
+
+    slug = _issue_slug(env, issue)
+    with open_store(env.config) as store:
+        campaign = engine.find_campaign(store, slug, list_name)
+        if campaign is None:
+            raise engine.CampaignError(f"{slug} has no campaign to cancel")
+        if campaign.status in ("finished", "cancelled"):
+            raise engine.CampaignError(f"the campaign for {slug} is {campaign.status} already")
+        c = engine.counts(store, campaign.id)
+        if not yes:
+            click.confirm(f"Cancel {slug} → {campaign.list_name}? {_n(c['queued'])} recipients will not get it",
+                          abort=True)
+        n = engine.cancel(store, campaign)
+        click.echo(f"cancelled {slug} → {campaign.list_name}: {_n(c['sent'])} had it, {_n(n)} will not")
+
+
+COMMANDS = [send, status, cancel]
