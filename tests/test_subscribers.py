@@ -303,34 +303,30 @@ def test_deleting_a_list_removes_memberships_not_subscribers(store):
     assert _members(store) == {"ann@example.com": "active"}
 
 
-def _make_campaigns_table(store) -> Table:
-    """The campaigns table a later schema version adds, as far as lists care."""
-    md = MetaData()
-    campaigns = Table(
-        "campaigns",
-        md,
-        Column("id", Integer, primary_key=True),
-        Column("list_id", Integer, nullable=False),
-        Column("subject", String(200)),
-    )
+def _insert_campaign(store, list_id: int, issue: str) -> None:
+    import datetime as dt
+
+    from newsletter.store.schema import campaigns
+
+    now = dt.datetime.now(dt.UTC)
     with store.write() as conn:
-        md.create_all(conn)
-    return campaigns
+        conn.execute(insert(campaigns).values(
+            uid=issue, issue=issue, list_id=list_id, status="finished", subject=issue,
+            content_hash="0" * 64, source_hashes={}, provider="outbox", created_at=now, updated_at=now,
+        ))
 
 
 def test_a_list_used_by_a_campaign_cannot_be_deleted(store):
     subs.create_list(store, "weekly")
     subs.create_list(store, "daily")
     subs.add(store, "ann@example.com", list_name="weekly", confirmed=True)
-    campaigns = _make_campaigns_table(store)
     weekly = subs.list_id(store, "weekly")
-    with store.write() as conn:
-        conn.execute(insert(campaigns).values(list_id=weekly, subject="Issue 1"))
-        conn.execute(insert(campaigns).values(list_id=weekly, subject="Issue 2"))
+    _insert_campaign(store, weekly, "issue-1")
+    _insert_campaign(store, weekly, "issue-2")
     with pytest.raises(ListError, match="used by 2 campaigns and cannot be deleted"):
         subs.delete_list(store, "weekly")
     assert _members(store, "weekly") == {"ann@example.com": "active"}
-    # A list no campaign uses goes, campaigns table or not.
+    # A list no campaign uses goes.
     assert subs.delete_list(store, "daily") == 0
 
 
