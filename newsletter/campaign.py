@@ -449,7 +449,8 @@ class Sender:
     def __init__(self, config: Config, store: Store, campaign: CampaignRow, rendered: Rendered,
                  provider: Provider, *, resend_unknown: bool = False,
                  on_progress: Callable[[Progress], None] | None = None,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.store = store
         self.campaign = campaign
@@ -458,6 +459,7 @@ class Sender:
         self.resend_unknown = resend_unknown
         self.on_progress = on_progress or (lambda p: None)
         self.sleep = sleep
+        self.clock = clock
         secret = config.secret("NEWSLETTER_SECRET")
         if not secret:
             raise CampaignError(
@@ -468,8 +470,7 @@ class Sender:
         self.batch_size = provider.batch_size
         self.stop = _StopFlag()
         self.rate = config.provider.rate_limit
-        self._allowance_start = time.monotonic()
-        self._dispatched = 0
+        self._next_slot = 0.0
 
     # -- journal -------------------------------------------------------------------------
 
@@ -642,13 +643,14 @@ class Sender:
     # -- provider calls ------------------------------------------------------------------
 
     def _throttle(self, n: int) -> None:
+        """Hold a batch of ``n`` back until the rate limit allows it."""
         if not self.rate:
             return
-        due = self._allowance_start + self._dispatched / self.rate
-        delay = due - time.monotonic()
-        if delay > 0:
-            self.sleep(delay)
-        self._dispatched += n
+        now = self.clock()
+        if self._next_slot > now:
+            self.sleep(self._next_slot - now)
+            now = self._next_slot
+        self._next_slot = now + n / self.rate
 
     def _send(self, claimed: _Claimed) -> list[Outcome]:
         """Call the provider, retrying transient failures with backoff and jitter."""
@@ -749,8 +751,12 @@ def send_campaign(config: Config, store: Store, campaign: CampaignRow, rendered:
                   provider: Provider | None = None, **options: Any) -> RunResult:
     """Send (or resume) ``campaign``; the rendered issue must be the one it froze."""
     check_content(campaign, rendered)
-    if campaign.status in ("finished", "cancelled"):
-        raise CampaignError(f"the campaign for {campaign.issue} is {campaign.status}; nothing to send")
+    if campaign.status == "cancelled":
+        raise CampaignError(f"the campaign for {campaign.issue} was cancelled; nothing more is sent")
+    if campaign.status == "finished" and not (
+        options.get("resend_unknown") and counts(store, campaign.id)["unknown"]
+    ):
+        raise CampaignError(f"the campaign for {campaign.issue} is finished; nothing to send")
     provider = provider or get_provider(config)
     return Sender(config, store, campaign, rendered, provider, **options).run()
 

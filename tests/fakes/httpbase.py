@@ -55,6 +55,9 @@ class _Handler(BaseHTTPRequestHandler):
             {k.lower(): v for k, v in self.headers.items()}, body,
         )
         fault = self.service.next_fault(request)
+        if isinstance(fault, tuple) and fault[0] == "delay":  # answer normally, but late
+            time.sleep(fault[1])
+            fault = None
         if fault == "hang":
             time.sleep(self.service.hang_seconds)
             self.close_connection = True
@@ -84,7 +87,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 class FakeService:
     """Base of the fakes. ``faults`` is played in order, one entry per matching request:
-    an int status (429 gets Retry-After), "hang", "drop" or a Reply."""
+    an int status (429 gets Retry-After), "hang", "drop", ("delay", seconds) or a Reply.
+    None lets a request through untouched."""
 
     fault_paths: tuple[str, ...] = ()  # requests that consume faults (all when empty)
 
