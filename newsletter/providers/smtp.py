@@ -21,7 +21,9 @@ SECURITY = ("starttls", "ssl", "none")
 
 class SmtpProvider(Provider):
     name = "smtp"
-    max_batch = 100
+    # Messages go one by one, so a batch only groups them for the journal: if the process
+    # dies mid-batch, the whole batch is "unknown". Small batches keep that small.
+    max_batch = 20
     default_concurrency = 2
 
     def setup(self) -> None:

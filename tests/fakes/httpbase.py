@@ -55,9 +55,9 @@ class _Handler(BaseHTTPRequestHandler):
             {k.lower(): v for k, v in self.headers.items()}, body,
         )
         fault = self.service.next_fault(request)
-        if isinstance(fault, tuple) and fault[0] == "delay":  # answer normally, but late
-            time.sleep(fault[1])
-            fault = None
+        delay = 0.0
+        if isinstance(fault, tuple) and fault[0] == "delay":  # accept, then answer late
+            delay, fault = fault[1], None
         if fault == "hang":
             time.sleep(self.service.hang_seconds)
             self.close_connection = True
@@ -68,6 +68,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.close()
             return
         reply = fault if isinstance(fault, Reply) else self.service.dispatch(request)
+        if delay:
+            time.sleep(delay)
         data = reply.body
         if isinstance(data, dict | list):
             data = json.dumps(data).encode()
@@ -87,7 +89,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 class FakeService:
     """Base of the fakes. ``faults`` is played in order, one entry per matching request:
-    an int status (429 gets Retry-After), "hang", "drop", ("delay", seconds) or a Reply.
+    an int status (429 gets Retry-After), "hang" (no answer, nothing accepted), "drop",
+    ("delay", seconds) (accepted, answered late) or a Reply.
     None lets a request through untouched."""
 
     fault_paths: tuple[str, ...] = ()  # requests that consume faults (all when empty)
