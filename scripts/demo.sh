@@ -1,12 +1,37 @@
 #!/usr/bin/env bash
-# The main job end to end on this repository's own newsletter: build the newest sample issue
-# and say where to look. Called by `make demo` with the virtual environment's bin folder.
+# The main job end to end on this repository's own newsletter, in a fresh scratch folder
+# (.demo/) so it can run again and again: build the newest sample issue, load the sample
+# list into SQLite, send the issue through the outbox provider, and say where to look.
+# Called by `make demo` with the virtual environment's bin folder.
 set -euo pipefail
-BIN=${1:-.venv/bin}
+BIN=$(cd "${1:-.venv/bin}" && pwd)
 cd "$(dirname "$0")/.."
+REPO=$(pwd)
+DEMO="$REPO/.demo"
 
-echo "== Building the newest sample issue"
+rm -rf "$DEMO"
+mkdir -p "$DEMO"
+cp newsletter.toml "$DEMO/"
+cp -R issues templates "$DEMO/"
+"$BIN/python" -c 'import secrets; print("NEWSLETTER_SECRET=" + secrets.token_urlsafe(32))' > "$DEMO/.env"
+cd "$DEMO"
+unset NEWSLETTER_CONFIG NEWSLETTER_DATABASE_URL
+
+echo "== 1. Build the newest sample issue"
 "$BIN/newsletter" build
 echo
-echo "Open dist/<issue>/preview.html in a browser to read it as a subscriber would;"
-echo "email.html is the HTML part, email.txt the plain-text part, message.eml the whole message."
+echo "== 2. Load the sample list into SQLite (.demo/newsletter.db)"
+"$BIN/newsletter" subscribers import "$REPO/samples/readers.csv"
+echo
+echo "== 3. Send it through the outbox provider"
+"$BIN/newsletter" send --yes
+echo
+"$BIN/newsletter" status
+echo
+issue=$(ls -d dist/*/ | sort | tail -1)
+echo "Where to look:"
+echo "  .demo/${issue}preview.html     the email as a reader sees it (open it in a browser)"
+echo "  .demo/${issue}email.txt        the plain-text part"
+echo "  .demo/outbox/                  one .eml file per reader; open any in a mail client"
+ls "$DEMO"/outbox/*/ | head -3 | sed 's/^/    /'
+echo "  newsletter preview             the live preview (run it inside .demo/ or here)"
