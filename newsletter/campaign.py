@@ -64,6 +64,7 @@ from .subscribers import list_id as resolve_list_id
 from .tokens import sign
 
 LEASE_SECONDS = 60
+RENEW_EVERY = 5.0  # seconds between lease renewals (which also notice a cancel)
 MAX_BATCH_ATTEMPTS = 6  # a batch that keeps failing transiently is put back and the run pauses
 MAX_RECIPIENT_ATTEMPTS = 5  # a recipient refused "for now" this often is failed for good
 BACKOFF_BASE = 1.0
@@ -250,7 +251,6 @@ def start(store: Store, rendered: Rendered, list_name: str, provider_name: str) 
                 subject=rendered.subject, content_hash=rendered.content_hash,
                 source_hashes=rendered.source_hashes, provider=provider_name, total=0,
                 web_html=rendered.web_html, created_at=now, updated_at=now, last_error="",
-                next_batch=1,
             )
         ).inserted_primary_key[0]
         audience = audience_select(lid).order_by(None).subquery()
@@ -429,7 +429,11 @@ def _renew(conn: Connection, campaign_id: int, owner: str) -> str:
 
 
 def _release(store: Store, campaign_id: int, owner: str, **values: Any) -> None:
+    """Give the lease back and record how the run ended; a cancel made meanwhile stands."""
     with store.write() as conn:
+        current = conn.execute(select(campaigns.c.status).where(campaigns.c.id == campaign_id)).scalar_one()
+        if current == "cancelled":
+            values.pop("status", None)
         conn.execute(
             update(campaigns).where(campaigns.c.id == campaign_id, campaigns.c.lease_owner == owner)
             .values(lease_owner=None, lease_expires=None, updated_at=utcnow(), **values)
@@ -571,10 +575,11 @@ class Sender:
     def _claim(self) -> _Claimed | None:
         """Mark the next queued rows ``sending`` under a new batch number, and commit."""
         with self.store.write() as conn:
-            status = _renew(conn, self.campaign.id, self.owner)
-            if status == "cancelled":
-                self.stop.set("cancelled")
-                return None
+            if time.monotonic() >= self._renew_at:
+                self._renew_at = time.monotonic() + RENEW_EVERY
+                if _renew(conn, self.campaign.id, self.owner) == "cancelled":
+                    self.stop.set("cancelled")
+                    return None
             ids = list(conn.execute(
                 select(deliveries.c.id).where(
                     deliveries.c.campaign_id == self.campaign.id, deliveries.c.status == "queued"
@@ -582,10 +587,8 @@ class Sender:
             ).scalars())
             if not ids:
                 return None
-            number = conn.execute(
-                select(campaigns.c.next_batch).where(campaigns.c.id == self.campaign.id)
-            ).scalar_one()
-            conn.execute(update(campaigns).where(campaigns.c.id == self.campaign.id).values(next_batch=number + 1))
+            self._batch_number += 1
+            number = self._batch_number
             conn.execute(
                 update(deliveries).where(deliveries.c.id.in_(ids))
                 .values(status="sending", batch=number, updated_at=utcnow())
@@ -627,7 +630,6 @@ class Sender:
                     ),
                     params,
                 )
-            conn.execute(update(campaigns).where(campaigns.c.id == self.campaign.id).values(updated_at=now))
         p = self.progress
         for status, params in rows.items():
             n = len(params)
@@ -693,6 +695,12 @@ class Sender:
 
     def run(self) -> RunResult:
         self.owner = _acquire(self.store, self.campaign.id)
+        self._renew_at = time.monotonic() + RENEW_EVERY
+        with self.store.read() as conn:  # batch numbers go on from the last run's
+            self._batch_number = conn.execute(
+                select(func.coalesce(func.max(deliveries.c.batch), 0))
+                .where(deliveries.c.campaign_id == self.campaign.id)
+            ).scalar_one()
         c = counts(self.store, self.campaign.id)
         self.progress = Progress(total=c.total, done=c.done, sent=c["sent"], failed=c["failed"],
                                  skipped=c["skipped"], unknown=c["unknown"])

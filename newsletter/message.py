@@ -84,7 +84,11 @@ class Personalizer:
         return "".join(out)
 
     def html(self, values: Mapping[str, str]) -> str:
-        escaped = {k: html_lib.escape(v, quote=True) for k, v in values.items()}
+        # Escaped, and non-ASCII as character references, so the HTML stays ASCII.
+        escaped = {
+            k: html_lib.escape(v, quote=True).encode("ascii", "xmlcharrefreplace").decode("ascii")
+            for k, v in values.items()
+        }
         return self._fill(self._html, escaped)
 
     def text(self, values: Mapping[str, str]) -> str:
@@ -145,17 +149,37 @@ def _header_lines(headers: list[tuple[str, object]]) -> bytes:
     return msg.as_bytes().split(b"\r\n\r\n", 1)[0] + b"\r\n"
 
 
+MAX_LINE = 998  # RFC 5322, without the CRLF
+
+
 def _qp(text: str) -> bytes:
     body = text.replace("\r\n", "\n").replace("\n", "\r\n").encode("utf-8")
     return binascii.b2a_qp(body, quotetabs=False, istext=True, header=False)
+
+
+def _fits_7bit(text: str) -> bool:
+    return text.isascii() and max(map(len, text.split("\n"))) <= MAX_LINE
+
+
+def _part(subtype: str, text: str, seven_bit: bool, boundary: str) -> bytes:
+    """One MIME part: as it is (7bit) when it is ASCII with short lines and cannot be taken
+    for the boundary, else quoted-printable."""
+    if seven_bit and f"--{boundary}" not in text:
+        cte, body = "7bit", text.replace("\r\n", "\n").replace("\n", "\r\n").encode("ascii")
+    else:
+        cte, body = "quoted-printable", _qp(text)
+    head = f'Content-Type: text/{subtype}; charset="utf-8"\r\nContent-Transfer-Encoding: {cte}\r\n\r\n'
+    return head.encode("ascii") + body
 
 
 class MessageTemplate:
     """Everything about a message that is the same for every recipient, prepared once.
 
     :meth:`bytes_for` assembles one recipient's complete MIME message (multipart/alternative,
-    text then HTML, quoted-printable) from the prepared parts: a few string joins and one
-    quoted-printable pass in C, never a render and never the email package per recipient.
+    text then HTML) from the prepared parts: a few string joins, never a render and never the
+    email package per recipient. The rendered HTML is ASCII with short lines (see
+    :func:`newsletter.render.mail_safe`), so it normally travels as 7bit with no encoding
+    pass at all; anything else goes quoted-printable.
     """
 
     def __init__(self, config: Config, rendered: Rendered, list_name: str, subject_prefix: str = "") -> None:
@@ -195,7 +219,8 @@ class MessageTemplate:
 
     def bytes_for(self, recipient: Recipient, unsubscribe: str, msg_id: str) -> bytes:
         """One recipient's complete message, CRLF line endings, ready for SMTP or a file."""
-        html, text = self.parts_for(recipient, unsubscribe)
+        values = field_values(recipient, unsubscribe, self.web_url)
+        html, text = self.personalizer.html(values), self.personalizer.text(values)
         to = formataddr((recipient.name, ascii_address(recipient.email)), charset="utf-8")
         unsub = self.headers_for(unsubscribe)
         if any(ch in msg_id for ch in "\r\n"):
@@ -210,17 +235,16 @@ class MessageTemplate:
             f'Content-Type: multipart/alternative; boundary="{b}"\r\n'
             "\r\n"
         ).encode()
-        part = 'Content-Type: text/{}; charset="utf-8"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n'
         return b"".join(
             (
                 self._static,
                 self._date(),
                 self._list_id,
                 head,
-                f"--{b}\r\n{part.format('plain')}".encode("ascii"),
-                _qp(text),
-                f"\r\n--{b}\r\n{part.format('html')}".encode("ascii"),
-                _qp(html),
+                f"--{b}\r\n".encode("ascii"),
+                _part("plain", text, _fits_7bit(text), b),
+                f"\r\n--{b}\r\n".encode("ascii"),
+                _part("html", html, _fits_7bit(html), b),
                 f"\r\n--{b}--\r\n".encode("ascii"),
             )
         )

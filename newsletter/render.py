@@ -518,7 +518,61 @@ def inline_css(document: str) -> str:
     ).transform()
     if not inlined.lstrip().lower().startswith("<!doctype"):
         inlined = "<!DOCTYPE html>\n" + inlined
-    return inlined
+    return mail_safe(inlined)
+
+
+WRAP_AT = 500  # characters; mail lines may not pass 998
+
+
+def mail_safe(document: str) -> str:
+    """The same HTML in ASCII (other characters as character references) with no line
+    longer than about WRAP_AT, so that messages can carry it as 7bit, unencoded.
+
+    Lines are broken only where a newline means the same as the space it replaces: between
+    words of text and between a tag's attributes, never inside an attribute value, a
+    ``<pre>`` block or a ``<style>`` block.
+    """
+    styles = re.findall(r"<style\b.*?</style>", document, flags=re.S | re.I)
+    if all(block.isascii() for block in styles):
+        document = document.encode("ascii", "xmlcharrefreplace").decode("ascii")
+    out = []
+    verbatim = False  # inside <pre> or <style>
+    for line in document.split("\n"):
+        lowered = line.lower()
+        if len(line) > WRAP_AT and not verbatim and "<pre" not in lowered and "<style" not in lowered:
+            line = _wrap_html_line(line)
+        opens = lowered.count("<pre") + lowered.count("<style")
+        closes = lowered.count("</pre") + lowered.count("</style")
+        verbatim = (verbatim or opens > closes) and not (closes > opens)
+        out.append(line)
+    return "\n".join(out)
+
+
+def _wrap_html_line(line: str) -> str:
+    pieces, start, last_break = [], 0, None
+    state = "text"  # text | tag | quote
+    quote = ""
+    for index, char in enumerate(line):
+        if state == "text":
+            if char == "<":
+                state = "tag"
+            elif char == " ":
+                last_break = index
+        elif state == "tag":
+            if char in "\"'":
+                state, quote = "quote", char
+            elif char == ">":
+                state = "text"
+            elif char == " ":
+                last_break = index
+        elif char == quote:
+            state = "tag"
+        if index - start >= WRAP_AT and last_break is not None and last_break > start:
+            pieces.append(line[start:last_break])
+            start = last_break + 1
+            last_break = None
+    pieces.append(line[start:])
+    return "\n".join(pieces)
 
 
 def _tidy_text(text: str) -> str:

@@ -377,3 +377,10 @@ def test_a_big_import_on_a_terminal_shows_a_progress_bar(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "stderr", io.StringIO())
     with commands._progress(path) as update:
         assert update is None
+
+
+def test_the_status_choices_are_the_statuses():
+    from newsletter import subscribers
+    from newsletter.cli.subscribers import STATUS_CHOICES
+
+    assert STATUS_CHOICES == subscribers.STATUSES

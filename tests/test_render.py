@@ -267,3 +267,55 @@ def test_header_injection_is_refused(letter_issue):
     template = MessageTemplate(config, r, "main")
     with pytest.raises(HeaderInjection, match="non-ASCII characters before the @"):
         template.bytes_for(Recipient("åsa@example.com"), "https://u/x", "<x@example.com>")
+
+
+def test_mail_safe_html_is_ascii_with_short_lines():
+    word = "selling "
+    paragraph = f'<p style="margin:0 0 18px 0; font-family:Georgia, serif" title="a b c">Sälj {word * 200}</p>'
+    pre = f"<pre>{'x ' * 400}</pre>"
+    out = render.mail_safe(f"<html><head><style>p {{ color: red }}</style></head>\n<body>{paragraph}\n{pre}\n</body></html>")
+    assert out.isascii() and "S&#228;lj" in out
+    lines = out.split("\n")
+    wrapped = [ln for ln in lines if "selling" in ln and "<pre" not in ln]
+    assert len(wrapped) > 2 and all(len(ln) <= render.WRAP_AT + 10 for ln in wrapped)
+    assert 'style="margin:0 0 18px 0; font-family:Georgia, serif"' in out  # no break inside a value
+    assert 'title="a b c"' in out
+    assert f"<pre>{'x ' * 400}</pre>" in out  # preformatted text is left alone
+    # breaking at spaces changes nothing a browser shows
+    assert " ".join(out.split()) == " ".join(render.mail_safe(out).split())
+
+
+def test_messages_go_7bit_and_fall_back_to_quoted_printable(letter_issue, letter, write):
+    config, r = letter_issue
+    raw = MessageTemplate(config, r, "main").bytes_for(
+        Recipient("asa@bücher.example", "Åsa"), "https://letter.example.com/unsubscribe/T", "<x@example.com>")
+    html_part = raw.split(b'Content-Type: text/html; charset="utf-8"\r\n', 1)[1]
+    assert html_part.startswith(b"Content-Transfer-Encoding: 7bit")
+    assert b"asa@b&#252;cher.example" in raw  # the address, as a character reference in the HTML
+    text_part = raw.split(b'Content-Type: text/plain; charset="utf-8"\r\n', 1)[1]
+    assert text_part.startswith(b"Content-Transfer-Encoding: quoted-printable")  # "ü" is not ASCII
+    msg = parse(raw)
+    assert "asa@bücher.example" in msg.get_body(("plain",)).get_content()
+    # a line that cannot be shortened (inside <pre>) sends the HTML quoted-printable
+    write("issues/2026-12-01-t/02-code.md", "---\ntitle: Code\n---\n```\n" + "x" * 1200 + "\n```\n")
+    long = build.render(config, "2026-12-01-t")
+    raw = MessageTemplate(config, long, "main").bytes_for(Recipient("a@example.com"), "https://u/t", "<x@example.com>")
+    assert b'text/html; charset="utf-8"\r\nContent-Transfer-Encoding: quoted-printable' in raw
+    assert all(len(line) <= 998 for line in raw.split(b"\r\n"))
+    assert "x" * 1200 in parse(raw).get_body(("html",)).get_content()
+
+
+def test_a_name_cannot_forge_a_mime_boundary(letter_issue, letter):
+    config, _ = letter_issue
+    shutil.copytree(render.builtin_templates(), letter / "templates")
+    for name in ("email.html", "email.txt"):  # a template that greets the reader by name
+        path = letter / "templates" / name
+        path.write_text(path.read_text().replace("{{ sign_off }}", "{{ sign_off }}, {{ recipient.name }}"))
+    render._environment.cache_clear()
+    r = build.render(config, "2026-12-01-t")
+    template = MessageTemplate(config, r, "main")
+    forged = f"--{template.boundary}"
+    raw = template.bytes_for(Recipient("a@example.com", forged), "https://u/t", "<x@example.com>")
+    msg = parse(raw)
+    assert [p.get_content_type() for p in msg.iter_parts()] == ["text/plain", "text/html"]
+    assert forged in msg.get_body(("html",)).get_content()

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import importlib
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import click
 
 from ..config import Config, load
+
+
+def lazy_module(name: str) -> Any:
+    """A stand-in that imports module ``name`` on first attribute access."""
+
+    class _Lazy:
+        def __getattr__(self, attr: str) -> Any:
+            return getattr(importlib.import_module(name), attr)
+
+    return _Lazy()
 
 
 class Env:

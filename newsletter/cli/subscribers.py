@@ -10,14 +10,20 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from itertools import chain, islice
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from .. import subscribers as core
-from ..store import Store, open_store, open_store_or_scratch
-from ..subscriber_file import SubscriberFile
-from .common import Env, pass_env, show_path
+from .common import Env, lazy_module, pass_env, show_path
+
+if TYPE_CHECKING:
+    from ..store import Store
+
+# The store pulls in SQLAlchemy; load it when a command runs, not for every `newsletter`.
+core = lazy_module("newsletter.subscribers")
+# newsletter.subscribers.STATUSES, written out so that --help needs no database code
+# (tests/test_cli_subscribers.py keeps the two equal).
+STATUS_CHOICES = ("active", "pending", "unsubscribed", "bounced", "complained", "manual")
 
 LIST_OPTION_HELP = "List to use (default: [newsletter] default_list, created on first use)."
 PROGRESS_MIN_BYTES = 1_000_000  # smaller files import before a bar would be worth drawing
@@ -29,6 +35,8 @@ EXPORT_COLUMNS = (
 
 @contextmanager
 def _store(env: Env) -> Iterator[Store]:
+    from ..store import open_store
+
     store = open_store(env.config)
     try:
         yield store
@@ -215,6 +223,9 @@ def subscribers_import(
     changes nothing."""
     # Reading the header first means a file that cannot be imported fails before the
     # database is opened (or created).
+    from ..store import open_store_or_scratch
+    from ..subscriber_file import SubscriberFile
+
     source = SubscriberFile(
         file, email_column=email_column, check_deliverability=check_deliverability
     )
@@ -276,7 +287,7 @@ def _print_summary(s: core.ImportSummary) -> None:
 def _status_option(func: Any) -> Any:
     return click.option(
         "--status",
-        type=click.Choice(core.STATUSES),
+        type=click.Choice(STATUS_CHOICES),
         help="Only members with this status.",
     )(func)
 

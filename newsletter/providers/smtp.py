@@ -14,6 +14,7 @@ import socket
 import ssl
 import threading
 
+from ..message import ascii_address
 from . import Batch, FatalError, Outcome, Provider, TransientError
 
 SECURITY = ("starttls", "ssl", "none")
@@ -110,7 +111,7 @@ class SmtpProvider(Provider):
         outcomes: list[Outcome] = []
         for index, env in enumerate(batch.envelopes):
             data = batch.template.bytes_for(env.recipient, env.unsubscribe_url, env.message_id)
-            rcpt = env.recipient.email
+            rcpt = ascii_address(env.recipient.email)
             for attempt in (1, 2):
                 try:
                     conn = self._connection()
@@ -119,7 +120,9 @@ class SmtpProvider(Provider):
                     raise
                 stage = "mail"
                 try:
-                    code, reply = conn.mail(self.envelope_from)
+                    # docmd, not mail()/rcpt(): the addresses are checked already, and
+                    # smtplib would parse each one again.
+                    code, reply = conn.docmd("MAIL", f"FROM:<{self.envelope_from}>")
                     if code != 250:
                         self._reset(conn)
                         if 400 <= code < 500:
@@ -129,7 +132,7 @@ class SmtpProvider(Provider):
                             f"({code} {_text(reply)}); check [newsletter] from", partial=outcomes,
                         )
                     stage = "rcpt"
-                    code, reply = conn.rcpt(rcpt)
+                    code, reply = conn.docmd("RCPT", f"TO:<{rcpt}>")
                     if code not in (250, 251):
                         self._reset(conn)
                         status = "retry" if 400 <= code < 500 else "failed"

@@ -129,7 +129,6 @@ def _v2_campaigns(conn: Connection) -> None:
         Column("web_html", Text, nullable=False, server_default=""),
         Column("provider", String(32), nullable=False),
         Column("total", Integer, nullable=False, server_default="0"),
-        Column("next_batch", Integer, nullable=False, server_default="1"),
         Column("lease_owner", String(200), nullable=True),
         Column("lease_expires", UtcDateTime, nullable=True),
         Column("last_error", Text, nullable=False, server_default=""),

@@ -158,7 +158,6 @@ campaigns = Table(
     Column("web_html", Text, nullable=False, server_default=""),
     Column("provider", String(32), nullable=False),
     Column("total", Integer, nullable=False, server_default="0"),
-    Column("next_batch", Integer, nullable=False, server_default="1"),
     # One process sends a campaign at a time.
     Column("lease_owner", String(200), nullable=True),
     Column("lease_expires", UtcDateTime, nullable=True),

@@ -100,6 +100,7 @@ class FakeService:
         self.hang_seconds = 3.0
         self.retry_after = "1"
         self.requests: list[Request] = []
+        self.record_requests = True  # benchmarks turn this off to keep memory flat
         self.dropped = 0
         self.lock = threading.Lock()
         handler = type("Handler", (_Handler,), {"service": self})
@@ -114,7 +115,8 @@ class FakeService:
 
     def next_fault(self, request: Request) -> Any:
         with self.lock:
-            self.requests.append(request)
+            if self.record_requests:
+                self.requests.append(request)
             if self.fault_paths and not request.path.startswith(self.fault_paths):
                 return None
             if not self.faults:

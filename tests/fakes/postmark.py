@@ -29,8 +29,11 @@ class FakePostmark(FakeService):
         self.messages: list[dict] = []
         self.keep_bodies = keep_bodies
         self.batches = 0
+        self.accepted = 0
 
     def dispatch(self, request: Request) -> Reply:
+        if request.path == "/_stats":  # not Postmark's: how benchmarks read the count
+            return json_reply(200, {"accepted": self.accepted, "batches": self.batches})
         if request.headers.get("x-postmark-server-token") != self.token:
             return json_reply(401, {"ErrorCode": 10, "Message": "The Server Token you provided in the X-Postmark-Server-Token request header was invalid."})
         if request.path == "/server" and request.method == "GET":
@@ -63,10 +66,12 @@ class FakePostmark(FakeService):
                 message_id = str(uuid.uuid4())
                 results.append({"ErrorCode": 0, "Message": "OK", "MessageID": message_id, "To": to,
                                 "SubmittedAt": "2026-12-01T07:30:00Z"})
-                accepted.append(message if self.keep_bodies else {"To": to})
+                if self.keep_bodies:
+                    accepted.append(message)
         with self.lock:
             self.messages.extend(accepted)
             self.batches += 1
+            self.accepted += len(results) - sum(1 for r in results if r["ErrorCode"])
         return json_reply(200, results)
 
     @staticmethod
@@ -86,6 +91,7 @@ class FakePostmark(FakeService):
 def main() -> None:
     argparse.ArgumentParser(description="Serve a local Postmark on a free port.").parse_args()
     service = FakePostmark(keep_bodies=False)
+    service.record_requests = False
     print(service.url, flush=True)
     service.server.serve_forever()
 

@@ -106,3 +106,32 @@ def start_sink(sink: Sink | None = None, **kwargs) -> tuple[CountingController, 
 
 def port_of(controller: Controller) -> int:
     return controller.port
+
+
+class CountingSink(Sink):
+    """Keeps only a count, for benchmarks with many messages."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    async def handle_DATA(self, server, session, envelope):
+        self.count += 1
+        return "250 2.0.0 Ok"
+
+
+def main() -> None:
+    """Serve a counting SMTP sink on a free port; print the port, then the count on each
+    line read from stdin ("count")."""
+    import sys
+
+    controller, sink = start_sink(CountingSink())
+    print(controller.port, flush=True)
+    for line in sys.stdin:
+        if line.strip() == "count":
+            print(sink.count, flush=True)
+    controller.stop()
+
+
+if __name__ == "__main__":
+    main()

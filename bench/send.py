@@ -1,0 +1,192 @@
+"""How fast does a campaign go out, and how much memory does the sending process use?
+
+Makes N synthetic subscribers (default 100,000), starts a local Postmark-style server and a
+local SMTP sink in processes of their own, sends the sample issue through each with
+`newsletter send --yes` (a separate process, whose peak memory is read from the kernel when
+it exits), and prints recipients per second. Then sends the first 2,000 recipients to the
+same SMTP sink with mailmerge (from PyPI) and with this project's SMTP provider, and prints
+the ratio.
+
+    python bench/send.py [--subscribers 1000000] [--providers postmark,smtp] [--skip-mailmerge]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+TOKEN = "postmark-test-token"
+
+
+def sh(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float, str]:
+    """Run a command; return (seconds, peak RSS in MB of that process, its stderr tail)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = "", ""
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    out = proc.stdout.read() if proc.stdout else ""
+    err = proc.stderr.read() if proc.stderr else ""
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{out}\n{err}")
+    return seconds, usage.ru_maxrss / 1024, (out + err).strip().splitlines()[-1]
+
+
+def start_server(module: str) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen([sys.executable, "-m", module], cwd=REPO, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    first = proc.stdout.readline().strip() if proc.stdout else ""
+    return proc, first
+
+
+def start_smtp_sink() -> tuple[subprocess.Popen, str, str]:
+    """Postfix's smtp-sink (C, made for benchmarks) when installed, else the aiosmtpd sink."""
+    sink = shutil.which("smtp-sink") or ("/usr/sbin/smtp-sink" if Path("/usr/sbin/smtp-sink").exists() else None)
+    if sink:
+        import socket
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        user = ["-u", "nobody"] if os.geteuid() == 0 else []
+        proc = subprocess.Popen([sink, *user, f"127.0.0.1:{port}", "256"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.3)
+        return proc, str(port), "Postfix smtp-sink"
+    proc, port = start_server("tests.fakes.smtp")
+    return proc, port, "aiosmtpd (install postfix for smtp-sink, a faster sink)"
+
+
+def make_letter(root: Path, provider: str) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "newsletter.toml", root / "newsletter.toml")
+    text = (root / "newsletter.toml").read_text()
+    head, _, _ = text.partition("[provider]")
+    tail = text.split("[database]", 1)[1]
+    (root / "newsletter.toml").write_text(head + "[provider]\n" + provider + "\n[database]" + tail)
+    if not (root / "issues").exists():
+        shutil.copytree(REPO / "issues", root / "issues")
+    (root / ".env").write_text(f"NEWSLETTER_SECRET=bench-secret\nPOSTMARK_SERVER_TOKEN={TOKEN}\n")
+
+
+def env_for(db: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+    env["NEWSLETTER_DATABASE_URL"] = f"sqlite:///{db}"
+    return env
+
+
+def make_database(root: Path, n: int) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    csv = root / "readers.csv"
+    with csv.open("w") as f:
+        f.write("email,name\n")
+        for i in range(n):
+            f.write(f"reader{i:07d}@example.com,Reader {i}\n")
+    db = root / "base.db"
+    make_letter(root / "import", 'name = "outbox"')
+    seconds, _, _ = sh([str(BIN / "newsletter"), "subscribers", "import", str(csv)], root / "import", env_for(db))
+    print(f"set-up: imported {n:,} subscribers in {seconds:.1f} s")
+    csv.unlink()
+    return db
+
+
+def send(root: Path, name: str, provider: str, base_db: Path, n: int) -> float:
+    folder = root / name
+    make_letter(folder, provider)
+    db = folder / "newsletter.db"
+    shutil.copy(base_db, db)
+    seconds, peak, last = sh([str(BIN / "newsletter"), "send", "--yes", "the-quota-is-not-the-goal"], folder, env_for(db))
+    rate = n / seconds
+    print(f"{name:<22} {n:>9,} recipients in {seconds:7.1f} s = {rate:>8,.0f} recipients/s, "
+          f"peak memory {peak:6.1f} MB   ({last})")
+    return rate
+
+
+def mailmerge_rate(root: Path, port: int, n: int) -> float:
+    from newsletter import build
+    from newsletter import config as cfg
+
+    folder = root / "mailmerge"
+    folder.mkdir()
+    config = cfg.load(REPO / "newsletter.toml", environ={})
+    rendered = build.render(config, "the-quota-is-not-the-goal")
+    to_jinja = {"[[nl:name]]": "{{name}}", "[[nl:email]]": "{{email}}",
+                "[[nl:unsubscribe_url]]": "https://letter.example.com/unsubscribe/{{email}}",
+                "[[nl:web_url]]": rendered.web_url}
+    html, text = rendered.html, rendered.text
+    for marker, value in to_jinja.items():
+        html, text = html.replace(marker, value), text.replace(marker, value)
+    html = html.replace("{%", "{ %").replace("{#", "{ #")
+    template = (
+        "TO: {{name}} <{{email}}>\nFROM: Martin Hale <martin@letter.example.com>\n"
+        f"SUBJECT: {rendered.subject}\nMIME-Version: 1.0\n"
+        'Content-Type: multipart/alternative; boundary="outer"\n\n'
+        "--outer\nContent-Type: text/plain; charset=utf-8\n\n" + text +
+        "\n--outer\nContent-Type: text/html; charset=utf-8\n\n" + html + "\n--outer--\n"
+    )
+    (folder / "mailmerge_template.txt").write_text(template)
+    rows = "".join(f"reader{i:07d}@example.com,Reader {i}\n" for i in range(n))
+    (folder / "mailmerge_database.csv").write_text("email,name\n" + rows)
+    (folder / "mailmerge_server.conf").write_text(
+        f"[smtp_server]\nhost = 127.0.0.1\nport = {port}\nratelimit = 0\n"
+    )
+    start = time.perf_counter()
+    subprocess.run([str(BIN / "mailmerge"), "--no-dry-run", "--no-limit", "--output-format", "raw"],
+                   cwd=folder, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    seconds = time.perf_counter() - start
+    rate = n / seconds
+    print(f"{'mailmerge (SMTP)':<22} {n:>9,} recipients in {seconds:7.1f} s = {rate:>8,.0f} recipients/s")
+    return rate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--subscribers", type=int, default=100_000)
+    parser.add_argument("--providers", default="postmark,smtp")
+    parser.add_argument("--compare", type=int, default=2000, help="recipients for the mailmerge comparison")
+    parser.add_argument("--skip-mailmerge", action="store_true")
+    args = parser.parse_args()
+    providers = [p for p in args.providers.split(",") if p]
+
+    postmark, url = start_server("tests.fakes.postmark")
+    smtp, port, sink_name = start_smtp_sink()
+    print(f"SMTP sink: {sink_name}")
+    tmp = Path(tempfile.mkdtemp(prefix="newsletter-bench-"))
+    try:
+        base = make_database(tmp, args.subscribers)
+        settings = {
+            "postmark": f'name = "postmark"\nbase_url = "{url}"\nconcurrency = 4\n',
+            # On loopback the sink answers in microseconds: one connection beats several
+            # contending for the interpreter lock. Across a network, raise concurrency.
+            "smtp": f'name = "smtp"\nhost = "127.0.0.1"\nport = {port}\nsecurity = "none"\nconcurrency = 1\n',
+        }
+        for name in providers:
+            send(tmp, f"{name}", settings[name], base, args.subscribers)
+        with urllib.request.urlopen(f"{url}/_stats") as answer:
+            stats = json.load(answer)
+        if "postmark" in providers:
+            print(f"  the Postmark-style server accepted {stats['accepted']:,} messages in {stats['batches']:,} batches")
+        if not args.skip_mailmerge:
+            small = make_database(tmp / "small", args.compare)
+            ours = send(tmp, "smtp (first 2,000)", settings["smtp"], small, args.compare)
+            theirs = mailmerge_rate(tmp, int(port), args.compare)
+            print(f"SMTP: this project / mailmerge = {ours / theirs:.1f}x")
+    finally:
+        for proc in (postmark, smtp):
+            proc.terminate()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
