@@ -166,7 +166,7 @@ def main() -> None:
     try:
         base = make_database(tmp, args.subscribers)
         settings = {
-            "postmark": f'name = "postmark"\nbase_url = "{url}"\nconcurrency = 4\n',
+            "postmark": f'name = "postmark"\nbase_url = "{url}"\n',
             # On loopback the sink answers in microseconds: one connection beats several
             # contending for the interpreter lock. Across a network, raise concurrency.
             "smtp": f'name = "smtp"\nhost = "127.0.0.1"\nport = {port}\nsecurity = "none"\nconcurrency = 1\n',

@@ -11,6 +11,7 @@ from __future__ import annotations
 import binascii
 import datetime as dt
 import html as html_lib
+import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -46,6 +47,11 @@ class Recipient:
         return formataddr((self.name, self.email)) if self.name else self.email
 
 
+def _json_content(text: str) -> str:
+    """``text`` escaped for the inside of a JSON string (ASCII only)."""
+    return json.dumps(text)[1:-1]
+
+
 def _split(template: str) -> tuple[list[str], list[str]]:
     pieces = PLACEHOLDER_RE.split(template)
     return pieces[0::2], pieces[1::2]
@@ -73,6 +79,10 @@ class Personalizer:
         self.rendered = rendered
         self._html = _split(rendered.html)
         self._text = _split(rendered.text)
+        # The same pieces already escaped as JSON string content, for services whose API
+        # takes the body in JSON: the static parts are encoded once, not once per reader.
+        self._html_json = ([_json_content(p) for p in self._html[0]], self._html[1])
+        self._text_json = ([_json_content(p) for p in self._text[0]], self._text[1])
 
     @staticmethod
     def _fill(parts: tuple[list[str], list[str]], values: Mapping[str, str]) -> str:
@@ -93,6 +103,19 @@ class Personalizer:
 
     def text(self, values: Mapping[str, str]) -> str:
         return self._fill(self._text, values)
+
+    def html_json(self, values: Mapping[str, str]) -> str:
+        """:meth:`html` as a JSON string literal, quotes included."""
+        escaped = {
+            k: _json_content(html_lib.escape(v, quote=True).encode("ascii", "xmlcharrefreplace").decode("ascii"))
+            for k, v in values.items()
+        }
+        return f'"{self._fill(self._html_json, escaped)}"'
+
+    def text_json(self, values: Mapping[str, str]) -> str:
+        """:meth:`text` as a JSON string literal, quotes included."""
+        escaped = {k: _json_content(v) for k, v in values.items()}
+        return f'"{self._fill(self._text_json, escaped)}"'
 
     def fields_used(self) -> set[str]:
         return set(self._html[1]) | set(self._text[1])

@@ -319,3 +319,15 @@ def test_a_name_cannot_forge_a_mime_boundary(letter_issue, letter):
     msg = parse(raw)
     assert [p.get_content_type() for p in msg.iter_parts()] == ["text/plain", "text/html"]
     assert forged in msg.get_body(("html",)).get_content()
+
+
+def test_json_bodies_match_the_plain_ones(letter_issue):
+    import json
+
+    _, r = letter_issue
+    p = Personalizer(r)
+    for name in ['Ann "Quotes" \\ Back', "Åsa\tTab", "<script>x</script>", "\u2028line sep", ""]:
+        values = field_values(Recipient("a@example.com", name), "https://u/?a=1&b=\"2\"", r.web_url)
+        assert json.loads(p.html_json(values)) == p.html(values)
+        assert json.loads(p.text_json(values)) == p.text(values)
+        assert p.html_json(values).isascii()
