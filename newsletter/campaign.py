@@ -797,6 +797,21 @@ def send_test(config: Config, rendered: Rendered, addresses: list[str],
         provider.close()
 
 
+def send_proofs(config: Config, rendered: Rendered) -> str:
+    """Proofs to ``[preview] test_recipients`` through the configured provider; one line
+    saying what happened, or a CampaignError naming what failed."""
+    recipients = list(config.preview.test_recipients)
+    if not recipients:
+        raise CampaignError(
+            "no test recipients; add test_recipients = [\"you@example.com\"] to [preview] in newsletter.toml"
+        )
+    outcomes = send_test(config, rendered, recipients)
+    failed = [f"{a}: {o.status} ({o.reason})" for a, o in zip(recipients, outcomes, strict=False) if o.status != "sent"]
+    if failed:
+        raise CampaignError(f"test send via {config.provider.name} failed for " + "; ".join(failed))
+    return f"test sent to {', '.join(recipients)} via {config.provider.name}"
+
+
 def preflight(config: Config, rendered: Rendered) -> list:
     """The checks; raises when any error-level check fails."""
     findings = run_checks(config, rendered)

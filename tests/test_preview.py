@@ -679,3 +679,35 @@ def test_preview_command_serves_until_interrupted(sample_letter: Path) -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_send_test_sends_real_proofs_through_the_configured_provider(sample_letter: Path) -> None:
+    """The button wired to the real proof sender: the outbox gets one message per test
+    recipient, with the [Test] subject."""
+    import email as email_lib
+
+    from newsletter.campaign import send_proofs
+    from newsletter.config import load as load_config
+
+    (sample_letter / ".env").write_text("NEWSLETTER_SECRET=preview-secret\n")
+    app = make_app(sample_letter, send_test=lambda rendered: send_proofs(
+        load_config(sample_letter / "newsletter.toml"), rendered))
+    response = post_send_test(Client(app), app, QUOTA)
+    assert response.status_code == 200, response.json
+    assert response.json["message"] == "test sent to martin@letter.example.com via outbox"
+    (proof,) = (sample_letter / "outbox" / "test").glob("*.eml")
+    msg = email_lib.message_from_bytes(proof.read_bytes(), policy=email.policy.default)
+    assert msg["Subject"] == "[Test] The quota is not the goal"
+    assert msg["To"] == "martin@letter.example.com"
+
+
+def test_send_test_without_test_recipients_says_where_to_add_them(sample_letter: Path) -> None:
+    from newsletter.campaign import send_proofs
+    from newsletter.config import load as load_config
+
+    toml = sample_letter / "newsletter.toml"
+    toml.write_text(toml.read_text().replace('test_recipients = ["martin@letter.example.com"]', ""))
+    app = make_app(sample_letter, send_test=lambda rendered: send_proofs(load_config(toml), rendered))
+    response = post_send_test(Client(app), app, QUOTA)
+    assert response.status_code == 502
+    assert "add test_recipients" in response.json["message"]

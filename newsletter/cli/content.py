@@ -122,7 +122,15 @@ def preview(env: Env, issue: str | None, port: int | None, no_open: bool,
 
     from ..web.preview import serve
 
-    server, page = serve(env.config, issue, port=port, log=lambda line: click.echo(line, err=True))
+    def send_test(rendered):
+        """The page's "Send test" button: proofs with the settings as they are now."""
+        from ..campaign import send_proofs
+        from ..config import load
+
+        return send_proofs(load(env.config.path), rendered)
+
+    server, page = serve(env.config, issue, port=port, send_test=send_test,
+                         log=lambda line: click.echo(line, err=True))
     click.echo(f"previewing at {page}  (Ctrl-C to stop)")
     if not no_open:
         webbrowser.open(page)
