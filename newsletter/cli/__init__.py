@@ -49,8 +49,9 @@ def main(ctx: click.Context, config_path: str | None) -> None:
 
 def _register() -> None:
     from . import content as content_commands
+    from . import providers as provider_commands
 
-    for module in (content_commands,):
+    for module in (content_commands, provider_commands):
         for command in module.COMMANDS:
             main.add_command(command)
 
