@@ -18,7 +18,7 @@ from typing import ClassVar, Literal
 
 from ..config import Config
 from ..errors import ConfigError, ProviderError
-from ..message import MessageTemplate, Recipient
+from ..message import HeaderInjection, MessageTemplate, Recipient
 from ..render import PLACEHOLDER_RE
 
 # sent: accepted by the service; failed: refused for good (reason says why); retry: refused
@@ -180,6 +180,24 @@ def retag(text: str, tags: Mapping[str, str]) -> str:
     provider that personalises on its side turns the rendered issue into its own template
     syntax, once per issue rather than once per recipient."""
     return PLACEHOLDER_RE.sub(lambda match: tags[match.group(1)], text)
+
+
+class UnsubscribeHeaders:
+    """Each recipient's List-Unsubscribe and List-Unsubscribe-Post values, in exactly the form
+    :meth:`MessageTemplate.headers_for` gives them, for services that take headers as data:
+    the form is taken from it once per issue, and only the recipient's URL goes in."""
+
+    _MARK = "\x00"
+
+    def __init__(self, template: MessageTemplate) -> None:
+        shape = template.headers_for(self._MARK)
+        self._head, _, self._tail = shape["List-Unsubscribe"].partition(self._MARK)
+        self.post = shape["List-Unsubscribe-Post"]
+
+    def for_url(self, url: str) -> str:
+        if any(ch in url for ch in "\r\n\x00"):
+            raise HeaderInjection("List-Unsubscribe: line breaks are not allowed in header values")
+        return f"{self._head}{url}{self._tail}"
 
 
 KNOWN = {

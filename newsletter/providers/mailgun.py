@@ -33,7 +33,7 @@ from email.utils import formataddr
 from ..errors import ConfigError
 from ..message import HeaderInjection, MessageTemplate, ascii_address, field_values, list_id
 from ..render import FIELDS, PLACEHOLDER_RE
-from . import Batch, BatchError, Envelope, FatalError, Outcome, Provider, retag
+from . import Batch, BatchError, Envelope, FatalError, Outcome, Provider, UnsubscribeHeaders, retag
 from .http import HttpClient
 
 REGIONS = {"us": "https://api.mailgun.net", "eu": "https://api.eu.mailgun.net"}
@@ -73,9 +73,7 @@ class MailgunProvider(Provider):
             auth=("api", key),
             headers={"Accept": "application/json"},
         )
-        self._bodies: weakref.WeakKeyDictionary[MessageTemplate, tuple[str, str, list[str], list[str]]] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._bodies: weakref.WeakKeyDictionary[MessageTemplate, tuple] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
 
     @property
@@ -116,14 +114,14 @@ class MailgunProvider(Provider):
 
     def send_batch(self, batch: Batch) -> list[Outcome]:
         t = batch.template
-        html, text, html_fields, text_fields = self._bodies_for(t)
+        html, text, html_fields, text_fields, unsubscribe = self._bodies_for(t)
         outcomes: list[Outcome] = []
         recipients: list[tuple[Envelope, str, str, dict[str, str]]] = []
         seen: set[str] = set()
         for env in batch.envelopes:
             try:
                 address = ascii_address(env.recipient.email)
-                headers = t.headers_for(env.unsubscribe_url)
+                header = unsubscribe.for_url(env.unsubscribe_url)
             except HeaderInjection as exc:
                 outcomes.append(Outcome(env.key, "failed", reason=f"mailgun: not sent: {exc}"))
                 continue
@@ -134,7 +132,7 @@ class MailgunProvider(Provider):
             values = field_values(env.recipient, env.unsubscribe_url, t.web_url)
             variables = {f"nl_{f}_h": defuse_html(html_lib.escape(values[f], quote=True)) for f in html_fields}
             variables.update({f"nl_{f}_t": defuse_text(values[f]) for f in text_fields})
-            variables["nl_unsubscribe"] = headers["List-Unsubscribe"]
+            variables["nl_unsubscribe"] = header
             variables["nl_key"] = str(env.key)
             mailbox = formataddr((env.recipient.name, address)) if env.recipient.name else address
             recipients.append((env, address, mailbox, variables))
@@ -147,7 +145,7 @@ class MailgunProvider(Provider):
                 ("h:Reply-To", self.config.newsletter.reply_to),
                 ("h:List-Id", list_id(self.config, t.list_name)),
                 ("h:List-Unsubscribe", "%recipient.nl_unsubscribe%"),
-                ("h:List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
+                ("h:List-Unsubscribe-Post", unsubscribe.post),
                 ("v:nl-delivery", "%recipient.nl_key%"),
                 ("v:nl-campaign", batch.label),
             ]
@@ -200,8 +198,9 @@ class MailgunProvider(Provider):
             raise FatalError(f"mailgun: unexpected answer {status}: {message}", partial=outcomes)
         return outcomes
 
-    def _bodies_for(self, template: MessageTemplate) -> tuple[str, str, list[str], list[str]]:
-        """The HTML and text as a Mailgun template, and the fields each uses; once per issue."""
+    def _bodies_for(self, template: MessageTemplate) -> tuple[str, str, list[str], list[str], UnsubscribeHeaders]:
+        """The HTML and text as a Mailgun template, the fields each uses and the shape of the
+        unsubscribe headers; once per issue."""
         with self._lock:
             cached = self._bodies.get(template)
             if cached is None:
@@ -216,6 +215,7 @@ class MailgunProvider(Provider):
                     retag(defuse_text(rendered.text), text_tags),
                     sorted(set(PLACEHOLDER_RE.findall(rendered.html)) - set(CONSTANT_FIELDS)),
                     sorted(set(PLACEHOLDER_RE.findall(rendered.text)) - set(CONSTANT_FIELDS)),
+                    UnsubscribeHeaders(template),
                 )
                 self._bodies[template] = cached
             return cached

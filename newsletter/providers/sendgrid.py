@@ -30,7 +30,17 @@ from dataclasses import dataclass
 from ..errors import ConfigError
 from ..message import HeaderInjection, MessageTemplate, ascii_address, field_values, list_id
 from ..render import FIELDS, PLACEHOLDER_RE
-from . import Batch, BatchError, Envelope, FatalError, Outcome, Provider, TransientError, retag
+from . import (
+    Batch,
+    BatchError,
+    Envelope,
+    FatalError,
+    Outcome,
+    Provider,
+    TransientError,
+    UnsubscribeHeaders,
+    retag,
+)
 from .http import HttpClient, reset_after
 
 API = "https://api.sendgrid.com"
@@ -48,6 +58,7 @@ class _Prepared:
     html_fields: list[str]
     text_fields: list[str]
     bodies: dict[str, tuple[str, str]]
+    unsubscribe: UnsubscribeHeaders
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,23 +118,24 @@ class SendgridProvider(Provider):
         prepared_issue = self._prepare(t)
         fields = sorted(set(prepared_issue.html_fields) | set(prepared_issue.text_fields))
         refused: list[Outcome] = []
-        prepared: list[tuple[int, Envelope, dict[str, str], dict[str, str], str]] = []
+        unsubscribe = prepared_issue.unsubscribe
+        prepared: list[tuple[int, Envelope, dict[str, str], str, str]] = []
         for position, env in enumerate(batch.envelopes):
             try:
                 address = ascii_address(env.recipient.email)
-                headers = t.headers_for(env.unsubscribe_url)
+                header = unsubscribe.for_url(env.unsubscribe_url)
             except HeaderInjection as exc:
                 refused.append(Outcome(env.key, "failed", reason=f"sendgrid: not sent: {exc}"))
                 continue
             values = field_values(env.recipient, env.unsubscribe_url, t.web_url)
-            prepared.append((position, env, {f: values[f] for f in fields}, headers, address))
+            prepared.append((position, env, {f: values[f] for f in fields}, header, address))
         if not prepared:
             return refused
         prefix = self._prefix(t, (v for _, _, values, _, _ in prepared for v in values.values()))
         html, text = self._bodies_for(t, prefix)
         html_fields, text_fields = prepared_issue.html_fields, prepared_issue.text_fields
         items = []
-        for position, env, values, headers, address in prepared:
+        for position, env, values, header, address in prepared:
             to = {"email": address}
             if env.recipient.name:
                 # SendGrid refuses ';' and ',' in a recipient's name.
@@ -135,10 +147,7 @@ class SendgridProvider(Provider):
                 substitutions[f"{prefix}{name}_t-"] = values[name]
             personalization = {
                 "to": [to],
-                "headers": {
-                    "List-Unsubscribe": headers["List-Unsubscribe"],
-                    "List-Unsubscribe-Post": headers["List-Unsubscribe-Post"],
-                },
+                "headers": {"List-Unsubscribe": header, "List-Unsubscribe-Post": unsubscribe.post},
                 "custom_args": {"nl_delivery": str(env.key)},
             }
             if substitutions:
@@ -242,7 +251,9 @@ class SendgridProvider(Provider):
                     found = set(PLACEHOLDER_RE.findall(text)) - set(CONSTANT_FIELDS)
                     return sorted(found)
 
-                prepared = _Prepared(used(template.rendered.html), used(template.rendered.text), {})
+                prepared = _Prepared(
+                    used(template.rendered.html), used(template.rendered.text), {}, UnsubscribeHeaders(template)
+                )
                 self._prepared[template] = prepared
             return prepared
 
