@@ -299,3 +299,10 @@ def test_413_halves_the_call_until_it_fits(mailgun, fake):
     fake.max_bytes = 100
     with pytest.raises(FatalError, match="larger than Mailgun accepts"):
         provider.send_batch(batch_of(template, ["a@example.com"]))
+
+
+def test_a_subject_holding_mailgun_variables_keeps_them(mailgun, fake):
+    provider, template = mailgun
+    template.subject = "Dear %recipient%"
+    provider.send_batch(batch_of(template, ["a@example.com"]))
+    assert fake.messages[0]["subject"] == "Dear %\u2060recipient%"

@@ -332,3 +332,10 @@ def test_server_429_carries_the_reset_time(fake):
     assert response.status_code == 429
     assert int(response.headers["X-RateLimit-Reset"]) >= int(time.time()) + 25
     assert response.headers["X-RateLimit-Remaining"] == "0"
+
+
+def test_a_subject_holding_tag_text_keeps_it(fake, configure, sample_issue):
+    provider, template = make(configure, sample_issue, fake)
+    template.subject = "Why -nl_email_t- is not your name"
+    provider.send_batch(batch_of(template, ["a@example.com"]))
+    assert fake.messages[0]["subject"] == "Why -nl_email_t- is not your name"

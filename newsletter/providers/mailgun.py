@@ -139,7 +139,7 @@ class MailgunProvider(Provider):
         if recipients:
             common = [
                 ("from", str(t.sender)),
-                ("subject", t.subject),
+                ("subject", defuse_text(t.subject)),
                 ("text", text),
                 ("html", html),
                 ("h:Reply-To", self.config.newsletter.reply_to),

@@ -12,7 +12,8 @@ A value that contains a tag could be expanded a second time by a substitution en
 replaces one key after another; the tags of a batch therefore use a prefix (``-nl_``,
 ``-nl1_``, ...) that occurs neither in the issue nor in any value of that batch.
 
-SendGrid answers 202 with no per-recipient ids; each outcome records the request's
+SendGrid answers 202 (queued) with no per-recipient ids; 200 would mean sandbox mode, which
+delivers nothing, and is never asked for; each outcome records the request's
 ``X-Message-Id`` (the prefix of the ``sg_message_id`` in its events) and the
 personalization's position, e.g. ``"Vx2lN9iAT8yIXr8kJ2yGZw#17"``.
 """
@@ -41,7 +42,7 @@ from . import (
     UnsubscribeHeaders,
     retag,
 )
-from .http import HttpClient, reset_after
+from .http import HttpClient, reset_after, retry_after
 
 API = "https://api.sendgrid.com"
 API_EU = "https://api.eu.sendgrid.com"
@@ -63,7 +64,6 @@ class _Prepared:
 
 @dataclass(frozen=True, slots=True)
 class _Item:
-    position: int  # in the batch
     envelope: Envelope
     personalization: dict
 
@@ -119,8 +119,8 @@ class SendgridProvider(Provider):
         fields = sorted(set(prepared_issue.html_fields) | set(prepared_issue.text_fields))
         refused: list[Outcome] = []
         unsubscribe = prepared_issue.unsubscribe
-        prepared: list[tuple[int, Envelope, dict[str, str], str, str]] = []
-        for position, env in enumerate(batch.envelopes):
+        prepared: list[tuple[Envelope, dict[str, str], str, str]] = []
+        for env in batch.envelopes:
             try:
                 address = ascii_address(env.recipient.email)
                 header = unsubscribe.for_url(env.unsubscribe_url)
@@ -128,14 +128,14 @@ class SendgridProvider(Provider):
                 refused.append(Outcome(env.key, "failed", reason=f"sendgrid: not sent: {exc}"))
                 continue
             values = field_values(env.recipient, env.unsubscribe_url, t.web_url)
-            prepared.append((position, env, {f: values[f] for f in fields}, header, address))
+            prepared.append((env, {f: values[f] for f in fields}, header, address))
         if not prepared:
             return refused
-        prefix = self._prefix(t, (v for _, _, values, _, _ in prepared for v in values.values()))
+        prefix = self._prefix(t, (v for _, values, _, _ in prepared for v in values.values()))
         html, text = self._bodies_for(t, prefix)
         html_fields, text_fields = prepared_issue.html_fields, prepared_issue.text_fields
         items = []
-        for position, env, values, header, address in prepared:
+        for env, values, header, address in prepared:
             to = {"email": address}
             if env.recipient.name:
                 # SendGrid refuses ';' and ',' in a recipient's name.
@@ -152,7 +152,7 @@ class SendgridProvider(Provider):
             }
             if substitutions:
                 personalization["substitutions"] = substitutions
-            items.append(_Item(position, env, personalization))
+            items.append(_Item(env, personalization))
         common = {
             "from": _address(t.sender.addr_spec, t.sender.display_name),
             "reply_to": {"email": self.config.newsletter.reply_to},
@@ -183,7 +183,7 @@ class SendgridProvider(Provider):
                 exc.partial = outcomes + list(exc.partial)
                 raise
             status = response.status_code
-            if status in (200, 202):
+            if status == 202:
                 message_id = response.headers.get("X-Message-Id", "")
                 outcomes.extend(
                     Outcome(item.envelope.key, "sent", provider_id=f"{message_id}#{index}" if message_id else None)
@@ -191,6 +191,8 @@ class SendgridProvider(Provider):
                 )
             elif status == 429:
                 wait = reset_after(response, "X-RateLimit-Reset")
+                if wait is None:
+                    wait = retry_after(response)
                 raise TransientError(
                     "sendgrid: rate limited (429)" + (f"; the limit resets in {wait:.0f} s" if wait is not None else ""),
                     retry_after=wait, partial=outcomes,
@@ -231,15 +233,13 @@ class SendgridProvider(Provider):
     # -- the issue as a SendGrid template --------------------------------------------------
 
     def _prefix(self, template: MessageTemplate, values) -> str:
-        """A tag prefix found neither in the issue nor in any of the batch's values."""
-        values = list(values)
-        rendered = template.rendered
+        """A tag prefix found neither in the issue (SendGrid substitutes in the subject too)
+        nor in any of the batch's values."""
+        texts = [template.rendered.html, template.rendered.text, template.subject, *values]
         n = 0
         while True:
             prefix = f"-nl{n or ''}_"
-            if prefix not in rendered.html and prefix not in rendered.text and not any(
-                prefix in value for value in values
-            ):
+            if not any(prefix in text for text in texts):
                 return prefix
             n += 1
 
