@@ -306,3 +306,12 @@ def test_a_subject_holding_mailgun_variables_keeps_them(mailgun, fake):
     template.subject = "Dear %recipient%"
     provider.send_batch(batch_of(template, ["a@example.com"]))
     assert fake.messages[0]["subject"] == "Dear %\u2060recipient%"
+
+
+def test_a_recipient_failed_before_the_call_stays_failed_when_the_call_fails(mailgun, fake):
+    provider, template = mailgun
+    fake.faults = [500]
+    with pytest.raises(TransientError) as caught:
+        provider.send_batch(batch_of(template, ["jörg@example.com", "b@example.com"]))
+    assert [(o.key, o.status) for o in caught.value.partial] == [(1, "failed")]
+    assert "non-ASCII" in caught.value.partial[0].reason

@@ -295,3 +295,12 @@ def test_server_limits_requests_per_second(fake):
     assert statuses == [200, 200, 429]
     limited = post(fake, [email(9)])
     assert limited.headers["ratelimit-limit"] == "2" and limited.headers["retry-after"]
+
+
+def test_a_recipient_failed_before_the_call_stays_failed_when_the_call_fails(resend, fake):
+    provider, template = resend
+    fake.faults = [500]
+    with pytest.raises(TransientError) as caught:
+        provider.send_batch(batch_of(template, ["jörg@example.com", "b@example.com"]))
+    assert [(o.key, o.status) for o in caught.value.partial] == [(1, "failed")]
+    assert "non-ASCII" in caught.value.partial[0].reason

@@ -339,3 +339,12 @@ def test_a_subject_holding_tag_text_keeps_it(fake, configure, sample_issue):
     template.subject = "Why -nl_email_t- is not your name"
     provider.send_batch(batch_of(template, ["a@example.com"]))
     assert fake.messages[0]["subject"] == "Why -nl_email_t- is not your name"
+
+
+def test_a_recipient_failed_before_the_call_stays_failed_when_the_call_fails(sendgrid, fake):
+    provider, template = sendgrid
+    fake.faults = [500]
+    with pytest.raises(TransientError) as caught:
+        provider.send_batch(batch_of(template, ["jörg@example.com", "b@example.com"]))
+    assert [(o.key, o.status) for o in caught.value.partial] == [(1, "failed")]
+    assert "non-ASCII" in caught.value.partial[0].reason

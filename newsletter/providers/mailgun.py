@@ -149,7 +149,11 @@ class MailgunProvider(Provider):
                 ("v:nl-delivery", "%recipient.nl_key%"),
                 ("v:nl-campaign", batch.label),
             ]
-            outcomes += self._deliver(common, recipients)
+            try:
+                outcomes += self._deliver(common, recipients)
+            except BatchError as exc:
+                exc.partial = outcomes + exc.partial
+                raise
         order = {env.key: i for i, env in enumerate(batch.envelopes)}
         return sorted(outcomes, key=lambda o: order[o.key])
 

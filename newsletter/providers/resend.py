@@ -22,7 +22,16 @@ import json
 import re
 
 from ..message import HeaderInjection, ascii_address, list_id
-from . import Batch, FatalError, Outcome, Pacer, Provider, TransientError, UnknownOutcome
+from . import (
+    Batch,
+    BatchError,
+    FatalError,
+    Outcome,
+    Pacer,
+    Provider,
+    TransientError,
+    UnknownOutcome,
+)
 from .http import HttpClient, retry_after
 
 API = "https://api.resend.com"
@@ -127,11 +136,15 @@ class ResendProvider(Provider):
             return refused
         body = json.dumps(emails, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         self.pacer.wait()
-        response = self.client.request(
-            "POST", "/emails/batch", data=body, passthrough=(409, 429),
-            headers={"Idempotency-Key": idempotency_key(batch.idempotency_key), "x-batch-validation": "permissive"},
-        )
-        outcomes = refused + self._outcomes(response, sent_envelopes)
+        try:
+            response = self.client.request(
+                "POST", "/emails/batch", data=body, passthrough=(409, 429),
+                headers={"Idempotency-Key": idempotency_key(batch.idempotency_key), "x-batch-validation": "permissive"},
+            )
+            outcomes = refused + self._outcomes(response, sent_envelopes)
+        except BatchError as exc:
+            exc.partial = refused + exc.partial
+            raise
         order = {env.key: i for i, env in enumerate(batch.envelopes)}
         return sorted(outcomes, key=lambda o: order[o.key])
 

@@ -163,7 +163,11 @@ class SendgridProvider(Provider):
             # our own one-click unsubscribe is the only one: SendGrid's must not replace it
             "tracking_settings": {"subscription_tracking": {"enable": False}},
         }
-        outcomes = refused + self._deliver(common, items)
+        try:
+            outcomes = refused + self._deliver(common, items)
+        except BatchError as exc:
+            exc.partial = refused + exc.partial
+            raise
         order = {env.key: i for i, env in enumerate(batch.envelopes)}
         return sorted(outcomes, key=lambda o: order[o.key])
 
