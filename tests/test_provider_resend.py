@@ -100,13 +100,18 @@ def test_a_lost_answer_is_unknown_and_the_resent_batch_is_not_delivered_twice(re
     assert again.body == first_bodies[0] and again.headers["idempotency-key"] == batch.idempotency_key
 
 
-def test_a_key_reused_for_another_batch_stops_the_campaign(resend, fake):
+def test_a_resumed_batch_that_lost_a_reader_is_reported_unknown_not_sent_twice(resend, fake):
     provider, template = resend
-    provider.send_batch(batch_of(template, ["a@example.com"], key="c7-b1"))
-    with pytest.raises(FatalError, match="invalid_idempotent_request") as caught:
-        provider.send_batch(batch_of(template, ["b@example.com"], key="c7-b1"))
-    assert "could deliver twice" in str(caught.value)
-    assert [m["to"] for m in fake.messages] == [['"Reader 1" <a@example.com>']]
+    fake.faults = ["drop-after"]
+    first = batch_of(template, ["a@example.com", "b@example.com", "c@example.com"], key="c7-b1")
+    with pytest.raises(UnknownOutcome):
+        provider.send_batch(first)
+    # resumed after b@ unsubscribed: the same key, a smaller batch
+    resumed = Batch(template, [first.envelopes[0], first.envelopes[2]], "c7-b1", first.label)
+    outcomes = provider.send_batch(resumed)
+    assert [(o.key, o.status) for o in outcomes] == [(1, "unknown"), (3, "unknown")]
+    assert "invalid_idempotent_request" in outcomes[0].reason and "most likely delivered" in outcomes[0].reason
+    assert len(fake.messages) == 3  # nobody got it twice
 
 
 def test_a_batch_still_in_progress_is_retried_later(resend, fake):

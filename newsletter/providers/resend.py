@@ -6,6 +6,11 @@ key with the same body returns the first answer without sending again, so a batc
 outcome was unknown (the answer was lost) is simply sent again. The body of a batch is
 built the same way every time, so a resend matches it byte for byte.
 
+A resumed batch that lost readers since its first attempt (they unsubscribed meanwhile)
+no longer matches the body its key was first used with; Resend then refuses it (409), which
+also tells that the first attempt was accepted, so its recipients are reported as unknown
+(most likely delivered) rather than sent again.
+
 Calls use permissive batch validation: an email Resend refuses is listed in ``errors`` (by
 index) and fails alone while the rest go out; ``data`` lists the ids of the emails created,
 in request order.
@@ -173,11 +178,14 @@ class ResendProvider(Provider):
         if status == 409 and name == "concurrent_idempotent_requests":
             raise TransientError("resend: this batch is still being processed from an earlier attempt", 1.0)
         if status == 409:
-            raise FatalError(
-                f"resend: {_describe(response)}: this batch's idempotency key was used in the last "
-                "24 hours for a batch with different content or recipients; resending could "
-                "deliver twice, so the campaign stops"
+            # Resend remembers a key only for a batch it accepted: this batch went out before,
+            # as it stood then (a resumed batch loses readers who left since, so its body
+            # differs). Its recipients were most likely delivered; sending again could double.
+            reason = (
+                f"resend: {_describe(response)}: this batch was accepted under its idempotency "
+                "key in the last 24 hours, before it changed; most likely delivered then"
             )
+            return [Outcome(env.key, "unknown", reason=reason) for env in envelopes]
         if status in (401, 403):
             raise FatalError(
                 f"resend: the API refused the batch ({status}: {_describe(response)}); check "

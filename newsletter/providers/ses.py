@@ -53,7 +53,9 @@ def _keep_secrets_out_of_logs() -> None:
 
 class SesProvider(Provider):
     name = "ses"
-    max_batch = 50
+    # One call per message, so a batch only groups messages for the journal: if the process
+    # dies mid-batch, the whole batch is "unknown". Small batches keep that small.
+    max_batch = 20
     default_concurrency = 4
 
     def setup(self) -> None:
