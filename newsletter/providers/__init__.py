@@ -10,13 +10,16 @@ credentials, a refused sender): the campaign stops at once with that message.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 from ..config import Config
 from ..errors import ConfigError, ProviderError
-from ..message import MessageTemplate, Recipient
+from ..message import HeaderInjection, MessageTemplate, Recipient
+from ..render import PLACEHOLDER_RE
 
 # sent: accepted by the service; failed: refused for good (reason says why); retry: refused
 # for now, try again later; unknown: the call died after the message may have left.
@@ -144,6 +147,57 @@ class Provider:
 
     def close(self) -> None:
         """Release connections; called once when a campaign run ends."""
+
+
+class Pacer:
+    """Spaces calls evenly at no more than ``rate`` per second, across all threads that share
+    it: each caller waits for its own slot, so N workers together stay under the limit."""
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        self.rate = rate
+        self.clock = clock
+        self.sleep = sleep
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def wait(self) -> float:
+        """Block until this caller may go; return the seconds waited."""
+        with self._lock:
+            now = self.clock()
+            start = max(now, self._next)
+            self._next = start + 1.0 / self.rate
+        delay = start - now
+        if delay > 0:
+            self.sleep(delay)
+        return delay
+
+
+def retag(text: str, tags: Mapping[str, str]) -> str:
+    """``text`` with each ``[[nl:field]]`` placeholder replaced by ``tags[field]``: how a
+    provider that personalises on its side turns the rendered issue into its own template
+    syntax, once per issue rather than once per recipient."""
+    return PLACEHOLDER_RE.sub(lambda match: tags[match.group(1)], text)
+
+
+class UnsubscribeHeaders:
+    """Each recipient's List-Unsubscribe and List-Unsubscribe-Post values, in exactly the form
+    :meth:`MessageTemplate.headers_for` gives them, for services that take headers as data:
+    the form is taken from it once per issue, and only the recipient's URL goes in."""
+
+    _MARK = "\x00"
+
+    def __init__(self, template: MessageTemplate) -> None:
+        shape = template.headers_for(self._MARK)
+        self._head, _, self._tail = shape["List-Unsubscribe"].partition(self._MARK)
+        self.post = shape["List-Unsubscribe-Post"]
+
+    def for_url(self, url: str) -> str:
+        if any(ch in url for ch in "\r\n\x00"):
+            raise HeaderInjection("List-Unsubscribe: line breaks are not allowed in header values")
+        return f"{self._head}{url}{self._tail}"
 
 
 KNOWN = {

@@ -6,6 +6,7 @@ from __future__ import annotations
 import email.utils
 import threading
 import time
+from collections.abc import Collection
 from typing import Any
 
 import requests
@@ -32,6 +33,18 @@ def retry_after(response: requests.Response, header: str = "Retry-After") -> flo
     return max(0.0, when.timestamp() - time.time())
 
 
+def reset_after(response: requests.Response, header: str) -> float | None:
+    """Seconds to wait from a header holding the epoch second when a rate window resets
+    (SendGrid's ``X-RateLimit-Reset``)."""
+    value = response.headers.get(header)
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value.strip()) - time.time())
+    except ValueError:
+        return None
+
+
 class HttpClient:
     """Requests to one service; errors name the service and host, never the credentials."""
 
@@ -55,9 +68,12 @@ class HttpClient:
             self._local.session = session
         return session
 
-    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+    def request(self, method: str, path: str, passthrough: Collection[int] = (),
+                **kwargs: Any) -> requests.Response:
         """The response, for any status below 500 but 429; transport problems raised as
-        TransientError (nothing sent) or UnknownOutcome (sent, no answer)."""
+        TransientError (nothing sent) or UnknownOutcome (sent, no answer). Statuses in
+        ``passthrough`` are returned too, for services whose 429 or 5xx answers say more
+        than the status (a reset time in another header, a quota that will not come back)."""
         url = f"{self.base_url}{path}"
         try:
             response = self.session.request(method, url, timeout=self.timeout, **kwargs)
@@ -73,6 +89,8 @@ class HttpClient:
             raise TransientError(f"{self.service}: cannot connect to {self.base_url}") from None
         except requests.exceptions.RequestException as exc:
             raise TransientError(f"{self.service}: request to {self.base_url} failed: {type(exc).__name__}") from None
+        if response.status_code in passthrough:
+            return response
         if response.status_code == 429:
             raise TransientError(f"{self.service}: rate limited (429)", retry_after(response))
         if response.status_code >= 500:

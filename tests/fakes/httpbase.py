@@ -2,7 +2,8 @@
 
 Each fake subclasses :class:`FakeService`, implements ``handle(request) -> Reply`` and gets:
 a random free port, a script of failures to play before normal answers (429 with
-Retry-After, 500, a hung connection, a dropped connection), and a record of what it accepted.
+Retry-After, 500, a hung connection, a dropped connection, or an answer lost after the
+request was processed: "hang-after", "drop-after"), and a record of what it accepted.
 """
 
 from __future__ import annotations
@@ -70,6 +71,14 @@ class _Handler(BaseHTTPRequestHandler):
         reply = fault if isinstance(fault, Reply) else self.service.dispatch(request)
         if delay:
             time.sleep(delay)
+        if fault in ("hang-after", "drop-after"):  # processed, but the answer never arrives
+            if fault == "hang-after":
+                time.sleep(self.service.hang_seconds)
+            else:
+                self.service.dropped += 1
+                self.connection.close()
+            self.close_connection = True
+            return
         data = reply.body
         if isinstance(data, dict | list):
             data = json.dumps(data).encode()
@@ -90,8 +99,8 @@ class _Handler(BaseHTTPRequestHandler):
 class FakeService:
     """Base of the fakes. ``faults`` is played in order, one entry per matching request:
     an int status (429 gets Retry-After), "hang" (no answer, nothing accepted), "drop",
-    ("delay", seconds) (accepted, answered late) or a Reply.
-    None lets a request through untouched."""
+    "hang-after" / "drop-after" (processed, but the answer never arrives), ("delay", seconds)
+    (processed, answered late) or a Reply. None lets a request through untouched."""
 
     fault_paths: tuple[str, ...] = ()  # requests that consume faults (all when empty)
 
