@@ -101,9 +101,12 @@ def make_database(root: Path, n: int) -> Path:
     return db
 
 
-def send(root: Path, name: str, provider: str, base_db: Path, n: int) -> float:
+def send(root: Path, name: str, provider: str, base_db: Path, n: int, secrets: str = "") -> float:
     folder = root / name
     make_letter(folder, provider)
+    if secrets:
+        with (folder / ".env").open("a") as env:
+            env.write(secrets)
     db = folder / "newsletter.db"
     shutil.copy(base_db, db)
     seconds, peak, last = sh([str(BIN / "newsletter"), "send", "--yes", "the-quota-is-not-the-goal"], folder, env_for(db))
@@ -150,40 +153,73 @@ def mailmerge_rate(root: Path, port: int, n: int) -> float:
     return rate
 
 
+# name -> (fake server module, its [provider] settings, the .env lines it needs)
+HTTP_SERVICES = {
+    "postmark": ("tests.fakes.postmark", 'name = "postmark"\n', "POSTMARK_SERVER_TOKEN=postmark-test-token\n"),
+    "sendgrid": ("tests.fakes.sendgrid", 'name = "sendgrid"\n', "SENDGRID_API_KEY=SG.test-key.for-the-local-server\n"),
+    "mailgun": ("tests.fakes.mailgun", 'name = "mailgun"\ndomain = "mg.example.com"\n',
+                "MAILGUN_API_KEY=key-mailgun-test-0123456789\n"),
+    "resend": ("tests.fakes.resend", 'name = "resend"\n', "RESEND_API_KEY=re_test_full_access_key\n"),
+    "ses": ("tests.fakes.ses", 'name = "ses"\nregion = "eu-west-1"\n',
+            "AWS_ACCESS_KEY_ID=AKIDNEWSLETTERTEST01\nAWS_SECRET_ACCESS_KEY=test/Secret+Key/For/The/Local/SES/0123\n"
+            "AWS_REGION=eu-west-1\n"),
+}
+
+
+def stats(url: str) -> dict:
+    with urllib.request.urlopen(f"{url}/_stats") as answer:
+        return json.load(answer)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subscribers", type=int, default=100_000)
-    parser.add_argument("--providers", default="postmark,smtp")
+    parser.add_argument("--providers", default="postmark,sendgrid,mailgun,smtp",
+                        help="any of postmark, sendgrid, mailgun, resend, ses, smtp (resend and ses are "
+                        "paced at the services' rate limits: use small --subscribers)")
     parser.add_argument("--compare", type=int, default=2000, help="recipients for the mailmerge comparison")
     parser.add_argument("--skip-mailmerge", action="store_true")
     args = parser.parse_args()
     providers = [p for p in args.providers.split(",") if p]
+    unknown = set(providers) - set(HTTP_SERVICES) - {"smtp"}
+    if unknown:
+        raise SystemExit(f"unknown provider(s): {', '.join(sorted(unknown))}")
 
-    postmark, url = start_server("tests.fakes.postmark")
-    smtp, port, sink_name = start_smtp_sink()
-    print(f"SMTP sink: {sink_name}")
+    servers: list[subprocess.Popen] = []
     tmp = Path(tempfile.mkdtemp(prefix="newsletter-bench-"))
     try:
+        smtp, port, sink_name = start_smtp_sink()
+        servers.append(smtp)
+        print(f"SMTP sink: {sink_name}")
         base = make_database(tmp, args.subscribers)
-        settings = {
-            "postmark": f'name = "postmark"\nbase_url = "{url}"\n',
-            # On loopback the sink answers in microseconds: one connection beats several
-            # contending for the interpreter lock. Across a network, raise concurrency.
-            "smtp": f'name = "smtp"\nhost = "127.0.0.1"\nport = {port}\nsecurity = "none"\nconcurrency = 1\n',
-        }
+        from newsletter import build
+        from newsletter import config as cfg
+
+        rendered = build.render(cfg.load(REPO / "newsletter.toml", environ={}), "the-quota-is-not-the-goal")
+        issue_bytes = len(rendered.html.encode()) + len(rendered.text.encode())
+        # On loopback the sink answers in microseconds: one connection beats several
+        # contending for the interpreter lock. Across a network, raise concurrency.
+        smtp_settings = f'name = "smtp"\nhost = "127.0.0.1"\nport = {port}\nsecurity = "none"\nconcurrency = 1\n'
         for name in providers:
-            send(tmp, f"{name}", settings[name], base, args.subscribers)
-        with urllib.request.urlopen(f"{url}/_stats") as answer:
-            stats = json.load(answer)
-        if "postmark" in providers:
-            print(f"  the Postmark-style server accepted {stats['accepted']:,} messages in {stats['batches']:,} batches")
+            if name == "smtp":
+                send(tmp, "smtp", smtp_settings, base, args.subscribers)
+                continue
+            module, settings, secrets = HTTP_SERVICES[name]
+            server, url = start_server(module)
+            servers.append(server)
+            send(tmp, name, settings + f'base_url = "{url}"\n', base, args.subscribers, secrets)
+            counted = stats(url)
+            line = f"  {counted['bytes'] / args.subscribers:,.0f} bytes sent per recipient (the issue is {issue_bytes:,} bytes of HTML and text)"
+            if "accepted" in counted:
+                line += f"; the server accepted {counted['accepted']:,} messages"
+            print(line)
         if not args.skip_mailmerge:
             small = make_database(tmp / "small", args.compare)
-            ours = send(tmp, "smtp (first 2,000)", settings["smtp"], small, args.compare)
+            ours = send(tmp, "smtp (first 2,000)", smtp_settings, small, args.compare)
             theirs = mailmerge_rate(tmp, int(port), args.compare)
             print(f"SMTP: this project / mailmerge = {ours / theirs:.1f}x")
     finally:
-        for proc in (postmark, smtp):
+        for proc in servers:
             proc.terminate()
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -55,6 +55,18 @@ class _Handler(BaseHTTPRequestHandler):
             self.command, parts.path, parse_qs(parts.query),
             {k.lower(): v for k, v in self.headers.items()}, body,
         )
+        if request.path == "/_stats":  # not any service's API: how benchmarks read the counts
+            reply = json_reply(200, self.service.stats())
+            self.send_response(reply.status)
+            data = json.dumps(reply.body).encode()
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
+        with self.service.lock:
+            self.service.request_count += 1
+            self.service.bytes_received += len(body)
         fault = self.service.next_fault(request)
         delay = 0.0
         if isinstance(fault, tuple) and fault[0] == "delay":  # accept, then answer late
@@ -110,6 +122,8 @@ class FakeService:
         self.retry_after = "1"
         self.requests: list[Request] = []
         self.record_requests = True  # benchmarks turn this off to keep memory flat
+        self.request_count = 0
+        self.bytes_received = 0  # request bodies, for "bytes sent per recipient"
         self.dropped = 0
         self.lock = threading.Lock()
         handler = type("Handler", (_Handler,), {"service": self})
@@ -138,6 +152,9 @@ class FakeService:
 
     def dispatch(self, request: Request) -> Reply:
         raise NotImplementedError
+
+    def stats(self) -> dict[str, Any]:
+        return {"requests": self.request_count, "bytes": self.bytes_received}
 
     def start(self) -> FakeService:
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)

@@ -198,6 +198,7 @@ def main() -> None:
     argparse.ArgumentParser(description="Serve a local Mailgun on a free port.").parse_args()
     service = FakeMailgun(keep_bodies=False)
     service.record = False
+    service.record_requests = False
     print(service.url, flush=True)
     service.server.serve_forever()
 

@@ -205,7 +205,8 @@ class FakeResend(FakeService):
 
 def main() -> None:
     argparse.ArgumentParser(description="Serve a local Resend on a free port.").parse_args()
-    service = FakeResend(keep_bodies=False)
+    service = FakeResend(keep_bodies=False, domains={"example.com": "verified", "letter.example.com": "verified"})
+    service.record_requests = False
     print(service.url, flush=True)
     service.server.serve_forever()
 

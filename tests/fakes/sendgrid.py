@@ -219,6 +219,7 @@ def main() -> None:
     argparse.ArgumentParser(description="Serve a local SendGrid on a free port.").parse_args()
     service = FakeSendgrid(keep_bodies=False, verified=("example.com", "letter.example.com"))
     service.record = False
+    service.record_requests = False
     print(service.url, flush=True)
     service.server.serve_forever()
 

@@ -235,7 +235,8 @@ class FakeSes(FakeService):
 
 def main() -> None:
     argparse.ArgumentParser(description="Serve a local Amazon SES v2 endpoint on a free port.").parse_args()
-    service = FakeSes(keep_bodies=False)
+    service = FakeSes(keep_bodies=False, identities=("example.com", "letter.example.com"))
+    service.record_requests = False
     print(service.url, flush=True)
     print(f"AWS_ACCESS_KEY_ID={ACCESS_KEY} AWS_SECRET_ACCESS_KEY={SECRET} AWS_REGION={REGION}", flush=True)
     service.server.serve_forever()
