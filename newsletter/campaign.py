@@ -56,12 +56,12 @@ from .providers import (
     get_provider,
 )
 from .render import Rendered
-from .store import Store
+from .store import BulkUpdate, Store
 from .store.schema import campaigns, deliveries, events, lists, memberships, suppressions
 from .store.schema import subscribers as subscribers_t
 from .subscribers import audience_select
 from .subscribers import list_id as resolve_list_id
-from .tokens import sign
+from .tokens import Signer, sign
 
 LEASE_SECONDS = 60
 RENEW_EVERY = 5.0  # seconds between lease renewals (which also notice a cancel)
@@ -471,6 +471,7 @@ class Sender:
                 "(`newsletter init` makes one; or python -c 'import secrets; print(secrets.token_urlsafe(32))')"
             )
         self.secret = secret
+        self.signer = Signer(secret, "unsubscribe")
         self.batch_size = provider.batch_size
         self.stop = _StopFlag()
         self.rate = config.provider.rate_limit
@@ -503,15 +504,13 @@ class Sender:
                     ).values(status="queued", reason=None, updated_at=now)
                 )
             if stranded and self.provider.idempotent:
-                by_batch: dict[int, list[int]] = {}
-                for row in stranded:
-                    by_batch.setdefault(row.batch, []).append(row.id)
-                for number, ids in sorted(by_batch.items()):
-                    again.append(self._envelopes(conn, number, ids))
+                for number in sorted({row.batch for row in stranded}):
+                    again.append(self._envelopes(conn, number))
         return [c for c in again if c.envelopes]
 
-    def _envelopes(self, conn: Connection, number: int, ids: list[int]) -> _Claimed:
-        """Envelopes for claimed rows; rows whose reader left since the freeze are skipped."""
+    def _envelopes(self, conn: Connection, number: int) -> _Claimed:
+        """Envelopes for the rows claimed as batch ``number``; rows whose reader left since
+        the freeze are skipped, and addresses no message can carry fail here."""
         c = self.campaign
         active = and_(memberships.c.status == "active", suppressions.c.email_hash.is_(None))
         rows = conn.execute(
@@ -527,30 +526,30 @@ class Sender:
                                              memberships.c.list_id == c.list_id))
                 .outerjoin(suppressions, suppressions.c.email_hash == subscribers_t.c.email_hash)
             )
-            .where(deliveries.c.id.in_(ids))
+            .where(deliveries.c.campaign_id == c.id, deliveries.c.status == "sending",
+                   deliveries.c.batch == number)
             .order_by(deliveries.c.id)
         ).all()
         envelopes, attempts, skipped, refused = [], {}, [], []
-        for r in rows:
-            if r.email is None or not r.mailable:
-                why = ("forgotten since the campaign started" if r.email is None
-                       else f"suppressed since the campaign started ({r.suppressed})" if r.suppressed
-                       else f"{r.membership or 'removed'} since the campaign started")
-                skipped.append({"i": r.id, "r": why})
+        unsubscribe_prefix = unsubscribe_url(self.config, "")
+        domain = self.config.newsletter.sender.domain
+        for key, subscriber_id, tries, email, name, mailable, suppressed, membership in rows:
+            if email is None or not mailable:
+                why = ("forgotten since the campaign started" if email is None
+                       else f"suppressed since the campaign started ({suppressed})" if suppressed
+                       else f"{membership or 'removed'} since the campaign started")
+                skipped.append({"i": key, "r": why})
                 continue
             try:
-                recipient = Recipient(r.email, r.name or "")
-                ascii_address(r.email)
+                recipient = Recipient(email, name or "")
+                ascii_address(email)
             except HeaderInjection as exc:
-                refused.append({"i": r.id, "r": str(exc)})
+                refused.append({"i": key, "r": str(exc)})
                 continue
-            token = sign(self.secret, "unsubscribe", {"s": r.subscriber_id, "l": c.list_id})
-            envelopes.append(Envelope(
-                key=r.id, recipient=recipient,
-                unsubscribe_url=unsubscribe_url(self.config, token),
-                message_id=message_id(self.config, f"{c.uid}.{r.id}"),
-            ))
-            attempts[r.id] = r.attempts
+            # The canonical JSON of {"l": list, "s": subscriber}, written out: one per reader.
+            token = self.signer.sign_encoded(f'{{"l":{c.list_id},"s":{subscriber_id}}}')
+            envelopes.append(Envelope(key, recipient, unsubscribe_prefix + token, f"<{c.uid}.{key}@{domain}>"))
+            attempts[key] = tries
         if skipped:
             self._close_rows(conn, "skipped", skipped)
         if refused:
@@ -580,27 +579,24 @@ class Sender:
                 if _renew(conn, self.campaign.id, self.owner) == "cancelled":
                     self.stop.set("cancelled")
                     return None
-            ids = list(conn.execute(
-                select(deliveries.c.id).where(
-                    deliveries.c.campaign_id == self.campaign.id, deliveries.c.status == "queued"
-                ).order_by(deliveries.c.id).limit(self.batch_size)
-            ).scalars())
-            if not ids:
-                return None
-            self._batch_number += 1
-            number = self._batch_number
-            conn.execute(
-                update(deliveries).where(deliveries.c.id.in_(ids))
-                .values(status="sending", batch=number, updated_at=utcnow())
+            number = self._batch_number + 1
+            next_rows = (
+                select(deliveries.c.id)
+                .where(deliveries.c.campaign_id == self.campaign.id, deliveries.c.status == "queued")
+                .order_by(deliveries.c.id).limit(self.batch_size).scalar_subquery()
             )
-            return self._envelopes(conn, number, ids)
+            claimed = conn.execute(
+                update(deliveries).where(deliveries.c.id.in_(next_rows))
+                .values(status="sending", batch=number, updated_at=utcnow())
+            ).rowcount
+            if not claimed:
+                return None
+            self._batch_number = number
+            return self._envelopes(conn, number)
 
     def _record(self, claimed: _Claimed, outcomes: list[Outcome], rest: str | None, rest_reason: str) -> None:
         """Write a batch's outcomes in one transaction. ``rest`` is the status for recipients
         the outcomes do not cover (queued, unknown)."""
-        from sqlalchemy import bindparam
-
-        now = utcnow()
         covered = {o.key for o in outcomes}
         rows: dict[str, list[dict]] = {}
         for o in outcomes:
@@ -612,24 +608,21 @@ class Sender:
                 else:
                     status = "queued"
             rows.setdefault(status, []).append(
-                {"i": o.key, "s": status, "p": o.provider_id, "r": reason, "a": attempts}
+                {"id": o.key, "status": status, "provider_id": o.provider_id, "reason": reason,
+                 "attempts": attempts}
             )
         if rest:
             for env in claimed.envelopes:
                 if env.key not in covered:
                     rows.setdefault(rest, []).append(
-                        {"i": env.key, "s": rest, "p": None, "r": rest_reason,
-                         "a": claimed.attempts.get(env.key, 0)}
+                        {"id": env.key, "status": rest, "provider_id": None, "reason": rest_reason,
+                         "attempts": claimed.attempts.get(env.key, 0)}
                     )
         with self.store.write() as conn:
+            write = BulkUpdate(conn, deliveries, "id", ["status", "provider_id", "reason", "attempts"],
+                               {"updated_at": utcnow()})
             for params in rows.values():
-                conn.execute(
-                    update(deliveries).where(deliveries.c.id == bindparam("i")).values(
-                        status=bindparam("s"), provider_id=bindparam("p"), reason=bindparam("r"),
-                        attempts=bindparam("a"), updated_at=now,
-                    ),
-                    params,
-                )
+                write(conn, params)
         p = self.progress
         for status, params in rows.items():
             n = len(params)

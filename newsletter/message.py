@@ -37,7 +37,7 @@ class Recipient:
 
     def __post_init__(self) -> None:
         for value in (self.email, self.name):
-            if any(ch in value for ch in "\r\n\0"):
+            if "\r" in value or "\n" in value or "\0" in value:
                 raise HeaderInjection(
                     f"recipient {self.email!r}: line breaks are not allowed in a name or address"
                 )

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, Table, bindparam, create_engine, event, insert
+from sqlalchemy import Connection, Engine, Table, bindparam, create_engine, event, insert, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import (
     ArgumentError,
@@ -40,6 +40,7 @@ SQLITE_BUSY_TIMEOUT_S = 15
 __all__ = [
     "DEFAULT_LIST",
     "BulkInsert",
+    "BulkUpdate",
     "Store",
     "migrations",
     "open_store",
@@ -159,31 +160,24 @@ def open_store(
     return store
 
 
-class BulkInsert:
-    """An INSERT for many rows at driver speed, for imports.
+class _DriverMany:
+    """One statement for many rows at driver speed.
 
-    SQLAlchemy compiles the statement once and supplies each column's conversion (JSON,
+    SQLAlchemy compiles the statement once and supplies each parameter's conversion (JSON,
     UTC timestamps); the rows then go to the driver's executemany as plain tuples or
     dicts. ``constants`` (a timestamp, a source) are converted once, not once per row.
     Going through the full statement machinery row by row took half of a large import."""
 
-    def __init__(
-        self,
-        conn: Connection,
-        table: Table,
-        columns: Sequence[str],
-        constants: Mapping[str, Any] | None = None,
-    ) -> None:
+    def __init__(self, conn: Connection, statement: Any, types: Mapping[str, Any],
+                 constants: Mapping[str, Any]) -> None:
         dialect = conn.dialect
-        constants = dict(constants or {})
-        names = [*columns, *constants]
-        compiled = insert(table).values({n: bindparam(n) for n in names}).compile(dialect=dialect)
+        compiled = statement.compile(dialect=dialect)
         self.sql = str(compiled)
         self.positional = bool(compiled.positional)
-        self.order = list(compiled.positiontup or names) if self.positional else names
+        self.order = list(compiled.positiontup or types) if self.positional else list(types)
 
         def converter(name: str) -> Any:
-            return table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+            return types[name].dialect_impl(dialect).bind_processor(dialect)
 
         self.fixed = {
             n: (convert(v) if (convert := converter(n)) else v) for n, v in constants.items()
@@ -204,6 +198,56 @@ class BulkInsert:
             else [dict(zip(self.order, v, strict=True)) for v in values]
         )
         conn.exec_driver_sql(self.sql, params)
+
+
+class BulkInsert(_DriverMany):
+    """An INSERT for many rows at driver speed, for imports."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        table: Table,
+        columns: Sequence[str],
+        constants: Mapping[str, Any] | None = None,
+    ) -> None:
+        constants = dict(constants or {})
+        names = [*columns, *constants]
+        statement = insert(table).values({n: bindparam(n) for n in names})
+        super().__init__(conn, statement, {n: table.c[n].type for n in names}, constants)
+
+
+class BulkUpdate(_DriverMany):
+    """An UPDATE of many rows, each found by ``key``, at driver speed. Rows are mappings
+    from column names (and ``key``) to values."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        table: Table,
+        key: str,
+        columns: Sequence[str],
+        constants: Mapping[str, Any] | None = None,
+    ) -> None:
+        # SQLAlchemy reserves a column's own name for its SET value: bind under other names.
+        constants = {f"set_{n}": v for n, v in (constants or {}).items()}
+        names = [*(f"set_{c}" for c in columns), *constants]
+        statement = (
+            update(table)
+            .where(table.c[key] == bindparam(f"key_{key}"))
+            .values({n.removeprefix("set_"): bindparam(n) for n in names})
+        )
+        types = {n: table.c[n.removeprefix("set_")].type for n in names}
+        types[f"key_{key}"] = table.c[key].type
+        super().__init__(conn, statement, types, constants)
+        self.key = key
+        self.columns = list(columns)
+
+    def __call__(self, conn: Connection, rows: Iterable[Mapping[str, Any]]) -> None:
+        super().__call__(
+            conn,
+            ({f"key_{self.key}": row[self.key], **{f"set_{c}": row[c] for c in self.columns}}
+             for row in rows),
+        )
 
 
 @contextmanager
