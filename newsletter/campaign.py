@@ -414,6 +414,13 @@ def _owner_alive(owner: str) -> bool:
     return True
 
 
+def lease_alive(owner: str | None, expires: dt.datetime | None, now: dt.datetime | None = None) -> bool:
+    """Whether a lease still holds: unexpired, and (on this machine) its process alive."""
+    if not owner or expires is None or expires <= (now or utcnow()):
+        return False
+    return _owner_alive(owner)
+
+
 def _acquire(store: Store, campaign_id: int) -> str:
     owner = _owner()
     now = utcnow()
@@ -424,8 +431,7 @@ def _acquire(store: Store, campaign_id: int) -> str:
             select(campaigns.c.lease_owner, campaigns.c.lease_expires)
             .where(campaigns.c.id == campaign_id).with_for_update()
         ).one()
-        if row.lease_owner and row.lease_owner != owner and row.lease_expires and row.lease_expires > now \
-                and _owner_alive(row.lease_owner):
+        if row.lease_owner != owner and lease_alive(row.lease_owner, row.lease_expires, now):
             raise CampaignBusy(
                 f"another process ({row.lease_owner}) is sending this campaign; wait for it to "
                 "finish, or run `newsletter status` to follow it"
