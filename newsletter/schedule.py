@@ -137,6 +137,8 @@ def parse_moment(text: str, tz: ZoneInfo, what: str = "--at") -> dt.datetime:
     raw = text.strip()
     where = tz
     named = _TRAILING_ZONE.match(raw)
+    if named and not _HAS_CLOCK.match(named["moment"]):
+        named = None  # not a time followed by a zone: report it as a bad time
     if named:
         raw, where = named["moment"].strip(), zone(named["zone"])
     if _DATE_ONLY.match(raw):
@@ -150,8 +152,9 @@ def parse_moment(text: str, tz: ZoneInfo, what: str = "--at") -> dt.datetime:
     if moment.tzinfo is not None:
         if named:
             raise BadTime(f"{what} {text!r} has both an offset and a time zone; give one of them")
-        return moment
-    return localize(moment, where, f"{what} {text!r}")
+        return moment.astimezone(dt.UTC)
+    # In UTC: a local time in the hour the clocks repeat never compares equal to another zone's.
+    return localize(moment, where, f"{what} {text!r}").astimezone(dt.UTC)
 
 
 def aware(moment: dt.datetime, tz: ZoneInfo) -> dt.datetime:
@@ -248,8 +251,15 @@ def write_send_at(issue_file: Path, moment: dt.datetime | None, tz: ZoneInfo) ->
         new = set_front_matter(old, SEND_AT, None if moment is None else send_at_text(moment, tz))
     except ContentError as exc:
         raise ContentError(f"{issue_file}: {exc}") from None
+    refused = ContentError(
+        f"{issue_file}: the front matter is laid out in a way that cannot be edited safely; "
+        f"set `{SEND_AT}:` by hand"
+    )
     before = split_front_matter(old, issue_file)
-    after = split_front_matter(new, issue_file)
+    try:
+        after = split_front_matter(new, issue_file)
+    except ContentError:
+        raise refused from None
     expected = {k: v for k, v in before.meta.items() if k != SEND_AT}
     written = after.meta.get(SEND_AT)
     rest = {k: v for k, v in after.meta.items() if k != SEND_AT}
@@ -257,12 +267,10 @@ def write_send_at(issue_file: Path, moment: dt.datetime | None, tz: ZoneInfo) ->
     if moment is None:
         same = same and SEND_AT not in after.meta
     else:
-        same = same and written is not None and parse_send_at(written, tz, str(issue_file)) == moment
+        same = same and written is not None and (
+            parse_send_at(written, tz, str(issue_file)).astimezone(dt.UTC) == moment.astimezone(dt.UTC))
     if not same:
-        raise ContentError(
-            f"{issue_file}: the front matter is laid out in a way that cannot be edited safely; "
-            f"set `{SEND_AT}:` by hand"
-        )
+        raise refused
     _replace(issue_file, new.encode("utf-8"))
 
 
@@ -295,8 +303,8 @@ class Planned:
     slug: str
     subject: str
     list_name: str
-    send_at: dt.datetime | None
-    date: dt.date | None
+    send_at: dt.datetime | None  # in UTC
+    date: dt.date | None  # the day in the newsletter's zone
     issue: Issue | None = None
     error: str | None = None
 
@@ -312,8 +320,9 @@ def scan(config: Config) -> list[Planned]:
         except NewsletterError as exc:
             found.append(_broken(folder, str(exc), tz, default))
             continue
+        send_at = issue.send_at.astimezone(dt.UTC) if issue.send_at else None
         found.append(Planned(folder=folder, slug=issue.slug, subject=issue.subject,
-                             list_name=issue.list_name or default, send_at=issue.send_at,
+                             list_name=issue.list_name or default, send_at=send_at,
                              date=issue.date, issue=issue))
     return found
 
@@ -326,7 +335,7 @@ def _broken(folder: Path, error: str, tz: ZoneInfo, default: str) -> Planned:
     try:
         meta = read_document(folder / ISSUE_FILE).meta
         if meta.get(SEND_AT):
-            send_at = parse_send_at(meta[SEND_AT], tz, str(folder / ISSUE_FILE))
+            send_at = parse_send_at(meta[SEND_AT], tz, str(folder / ISSUE_FILE)).astimezone(dt.UTC)
         if isinstance(meta.get("list"), str) and meta["list"].strip():
             list_name = meta["list"].strip()
         if isinstance(meta.get("subject"), str):
@@ -512,7 +521,7 @@ def status_of(config: Config, planned: Planned, campaign: CampaignState | None,
         if planned.error:
             return Status("failed", planned.error)
         return Status("draft", "not scheduled")
-    current = outcome is not None and outcome.send_at == planned.send_at.astimezone(dt.UTC)
+    current = outcome is not None and outcome.send_at == planned.send_at
     if current and outcome.outcome in ("failed", "missed"):
         return Status(outcome.outcome, outcome.detail)
     if planned.send_at > now:
@@ -592,7 +601,7 @@ def schedule_issue(config: Config, store: Store, name: str, at: str | dt.datetim
     if isinstance(at, str):
         moment = parse_moment(at, tz)
     elif at is not None:
-        moment = aware(at, tz)
+        moment = aware(at, tz).astimezone(dt.UTC)
     else:
         moment = None
     if moment is not None and moment <= now:
@@ -604,11 +613,12 @@ def schedule_issue(config: Config, store: Store, name: str, at: str | dt.datetim
     others = [p for p in scan(config) if p.slug != issue.slug]
     taken = {p.date for p in others if p.date is not None}
     if moment is None:
-        moment = _default_slot(config, issue, taken, now)
+        moment = _default_slot(config, issue, taken, now).astimezone(dt.UTC)
     write_send_at(issue.issue_file, moment, tz)
     day = moment.astimezone(tz).date()
     return Scheduled(slug=issue.slug, issue_file=issue.issue_file, send_at=moment,
-                     previous=issue.send_at, list_name=list_name,
+                     previous=issue.send_at.astimezone(dt.UTC) if issue.send_at else None,
+                     list_name=list_name,
                      same_day=tuple(p.slug for p in others if p.date == day))
 
 
@@ -633,7 +643,8 @@ def unschedule_issue(config: Config, store: Store, name: str) -> Unscheduled:
         if state is not None and state.status != "cancelled":
             _refuse_campaign(store, issue, list_name, config, "unscheduled")
         write_send_at(issue.issue_file, None, config.newsletter.timezone)
-    return Unscheduled(slug=issue.slug, issue_file=issue.issue_file, previous=issue.send_at)
+    previous = issue.send_at.astimezone(dt.UTC) if issue.send_at else None
+    return Unscheduled(slug=issue.slug, issue_file=issue.issue_file, previous=previous)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -894,13 +905,15 @@ class Scheduler:
 
     def __init__(self, run_tick: Callable[[Scheduler], TickReport], log: Callable[[str], None],
                  interval: float = TICK_INTERVAL, tz: ZoneInfo | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 wait: Callable[[float], object] | None = None) -> None:
         self.run_tick = run_tick
         self.log = log
         self.interval = interval
         self.tz = tz or ZoneInfo("UTC")
         self.clock = clock
         self._stop = threading.Event()
+        self.wait = wait or self._stop.wait  # returns early when stopped
         self.why = ""
         self.ticks = 0
 
@@ -934,7 +947,8 @@ class Scheduler:
                 now = self.clock()
                 if next_at < now:  # a long send: tick again straight away, then on the beat
                     next_at = now
-                self._stop.wait(max(0.0, next_at - now))
+                if not self._stop.is_set():
+                    self.wait(max(0.0, next_at - now))
         return self.why or "stopped"
 
     @contextmanager

@@ -74,16 +74,16 @@ _COLOURS = {"sent": "green", "scheduled": "cyan", "due": "cyan", "sending": "cya
             "cancelled": "magenta"}
 
 
-def _entry_line(entry, slot: dt.datetime | None, tz) -> str:
+def _entry_line(entry, slot: dt.datetime | None, tz, width: int = 0) -> str:
     from ..schedule import show_time
 
     status = click.style(entry.status.kind, fg=_COLOURS.get(entry.status.kind))
     detail = entry.status.detail
     if entry.status.kind == "scheduled":
         # The slot's time is on the row already; say only what differs.
-        off_slot = slot is not None and entry.send_at is not None and entry.send_at != slot
+        off_slot = slot is not None and entry.send_at is not None and entry.send_at != slot.astimezone(dt.UTC)
         detail = (f"{show_time(entry.send_at, tz)} " if off_slot else "") + f"to {entry.list_name}"
-    return f"{entry.slug}  {status}" + (f" ({detail})" if detail else "")
+    return f"{entry.slug:<{width}}  {status}" + (f" ({detail})" if detail else "")
 
 
 @click.command()
@@ -109,6 +109,7 @@ def calendar(env: Env, weeks: int, now: str | None) -> None:
     with open_store_or_scratch(config) as store:
         cal = build_calendar(config, store, moment, weeks)
     s = config.schedule
+    width = max((len(e.slug) for e in (*cal.earlier, *(e for r in cal.rows for e in r.entries))), default=0)
     click.echo(f"Weekly on {s.weekday_name.title()} at {s.time:%H:%M} {tz.key} "
                f"(grace {show_duration(s.grace)}); now {moment.astimezone(tz):%a %d %b %Y, %H:%M %Z}")
     if cal.earlier:
@@ -116,7 +117,7 @@ def calendar(env: Env, weeks: int, now: str | None) -> None:
         click.echo("Not sent yet:")
         for entry in cal.earlier:
             when = entry.send_at.astimezone(tz) if entry.send_at else None
-            click.echo(f"  {when:%a %Y-%m-%d %H:%M %Z}  {_entry_line(entry, None, tz)}")
+            click.echo(f"  {when:%a %Y-%m-%d %H:%M %Z}  {_entry_line(entry, None, tz, width)}")
     click.echo("")
     for row in cal.rows:
         when = row.when.astimezone(tz)
@@ -131,7 +132,7 @@ def calendar(env: Env, weeks: int, now: str | None) -> None:
         slot = row.when if row.on_cadence else None
         for n, entry in enumerate(row.entries):
             prefix = stamp if n == 0 else " " * len(stamp)
-            line = f"  {prefix}  {_entry_line(entry, slot, tz)}"
+            line = f"  {prefix}  {_entry_line(entry, slot, tz, width)}"
             if not row.on_cadence and n == 0:
                 line += "  (off the weekly slot)"
             click.echo(line)
