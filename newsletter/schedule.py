@@ -521,13 +521,13 @@ def status_of(config: Config, planned: Planned, campaign: CampaignState | None,
         if planned.error:
             return Status("failed", planned.error)
         return Status("draft", "not scheduled")
-    current = outcome is not None and outcome.send_at == planned.send_at
-    if current and outcome.outcome in ("failed", "missed"):
-        return Status(outcome.outcome, outcome.detail)
     if planned.send_at > now:
         if planned.error:
             return Status("failed", planned.error)
         return Status("scheduled", f"{show_time(planned.send_at, tz)} to {planned.list_name}")
+    current = outcome is not None and outcome.send_at == planned.send_at
+    if current and outcome.outcome in ("failed", "missed"):
+        return Status(outcome.outcome, outcome.detail)
     if now - planned.send_at > config.schedule.grace:
         return Status("missed", missed_detail(config, planned))
     if planned.error:
