@@ -796,7 +796,8 @@ def tick(config: Config, store: Store, now: dt.datetime, *,
         campaign = camps.get((planned.slug, planned.list_name))
         if campaign is not None and campaign.done:
             continue
-        event = _tick_one(config, store, planned, campaign, now, provider_factory, report, send_options)
+        event = _tick_one(config, store, planned, campaign, now, provider_factory, report,
+                          should_stop, send_options)
         if event is not None:
             report.events.append(event)
         if report.interrupted:
@@ -809,7 +810,7 @@ def tick(config: Config, store: Store, now: dt.datetime, *,
 
 def _tick_one(config: Config, store: Store, planned: Planned, campaign: CampaignState | None,
               now: dt.datetime, provider_factory: ProviderFactory | None, report: TickReport,
-              send_options: dict[str, Any]) -> TickEvent | None:
+              should_stop: Callable[[], bool], send_options: dict[str, Any]) -> TickEvent | None:
     from . import campaign as engine
     from .providers import get_provider
     from .render import render_issue
@@ -833,6 +834,8 @@ def _tick_one(config: Config, store: Store, planned: Planned, campaign: Campaign
         if planned.issue is None:
             raise ContentError(planned.error or f"{slug} does not load")
         rendered = render_issue(config, planned.issue)
+        if should_stop():
+            return None  # asked to stop while rendering: start nothing new
         if campaign is None:
             engine.preflight(config, rendered)
             _ready_to_send(config, store, list_name)

@@ -631,3 +631,12 @@ def test_the_scheduler_ticks_on_the_beat_and_straight_after_a_long_tick():
     # 5 s of work, then wait out the minute; a 130 s send: go again at once; then the beat.
     assert waits == [55.0, 0.0, 59.0]
     assert s.ticks == 4
+
+
+def test_a_tick_asked_to_stop_starts_nothing_new(setup, letter):
+    config, store = setup(readers=2)
+    make_issue(letter, "2026-12-08-x", send_at="2026-12-08 09:00")
+    asked = iter([False])  # the stop comes while the issue renders
+    report = sched.tick(config, store, utc(2026, 12, 8, 8, 1), should_stop=lambda: next(asked, True))
+    assert report.events == []
+    assert engine.all_campaigns(store) == [] and not (letter / "outbox").exists()
