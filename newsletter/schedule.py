@@ -448,9 +448,8 @@ def record_outcome(store: Store, planned: Planned, outcome: str, detail: str,
         new = old is None or (old.list_name, old.send_at, old.outcome, old.detail) != (
             planned.list_name, planned.send_at, outcome, detail)
         upsert = _insert(conn.dialect.name)(t).values(issue=planned.slug, first_seen=now, **values)
-        if new:
-            values["first_seen"] = now
-        conn.execute(upsert.on_conflict_do_update(index_elements=[t.c.issue], set_=values))
+        changes = {**values, "first_seen": now} if new else values
+        conn.execute(upsert.on_conflict_do_update(index_elements=[t.c.issue], set_=changes))
     return new
 
 
@@ -495,13 +494,6 @@ class Status:
     kind: str
     detail: str = ""
 
-    @property
-    def problem(self) -> bool:
-        return self.kind in ("failed", "missed", "paused")
-
-    def __str__(self) -> str:
-        return f"{self.kind}: {self.detail}" if self.detail else self.kind
-
 
 def status_of(config: Config, planned: Planned, campaign: CampaignState | None,
               outcome: Outcome | None, now: dt.datetime) -> Status:
@@ -516,7 +508,10 @@ def status_of(config: Config, planned: Planned, campaign: CampaignState | None,
         if campaign.running:
             return Status("sending", f"to {campaign.list_name}, started {show_time(campaign.created_at, tz)}")
         why = f" ({campaign.last_error})" if campaign.last_error else ""
-        return Status("paused", f"interrupted{why}; the next tick resumes it")
+        if planned.send_at is not None and planned.send_at <= now:
+            return Status("paused", f"interrupted{why}; the next tick resumes it")
+        return Status("paused", f"interrupted{why}; `newsletter send {planned.slug} --resume` "
+                                "continues it")
     if planned.send_at is None:
         if planned.error:
             return Status("failed", planned.error)

@@ -29,10 +29,12 @@ def _now(env: Env, now: str | None) -> dt.datetime:
 @click.option("--now", hidden=True, help=NOW_HELP)
 @pass_env
 def schedule(env: Env, issue: str, at: str | None, now: str | None) -> None:
-    """Plan ISSUE for its weekly slot (or --at TIME): writes send_at into its issue.md.
+    """Plan ISSUE for a send time (default: its weekly slot).
 
-    Only the send_at line of the front matter changes; commit the file to keep the plan
-    in git. `newsletter tick` (from cron) or `newsletter scheduler` sends it when it is due.
+    Writes send_at into the issue's issue.md; only that line of the front matter changes, so
+    commit the file to keep the plan in git. Without --at, the issue gets the weekly slot of
+    its folder's date when that is still to come and free, else the next free slot.
+    `newsletter tick` (from cron) or `newsletter scheduler` sends it when it is due.
     """
     from ..schedule import schedule_issue, show_time
     from ..store import open_store_or_scratch
@@ -55,7 +57,11 @@ def schedule(env: Env, issue: str, at: str | None, now: str | None) -> None:
 @click.argument("issue")
 @pass_env
 def unschedule(env: Env, issue: str) -> None:
-    """Take ISSUE off the schedule: removes send_at from its issue.md."""
+    """Take ISSUE off the schedule.
+
+    Removes send_at from its issue.md; the issue is a draft again. Refused once its campaign
+    has started (`newsletter cancel` stops a campaign).
+    """
     from ..schedule import show_time, unschedule_issue
     from ..store import open_store_or_scratch
 
@@ -92,9 +98,9 @@ def _entry_line(entry, slot: dt.datetime | None, tz, width: int = 0) -> str:
 @click.option("--now", hidden=True, help=NOW_HELP)
 @pass_env
 def calendar(env: Env, weeks: int, now: str | None) -> None:
-    """The coming weekly slots: the issue planned for each and its status; empty weeks flagged.
+    """The coming weekly slots, their issues and status.
 
-    Statuses: draft (not scheduled), scheduled, due, sending, sent, paused (interrupted; the
+    Each slot shows the issue planned for it; empty weeks are flagged. Statuses: draft (not scheduled), scheduled, due, sending, sent, paused (interrupted; the
     next tick resumes it), failed (with the reason from the last tick), missed (past the
     grace, not sent) and cancelled. Issues whose time has passed without being sent are
     listed first.
@@ -146,16 +152,17 @@ def calendar(env: Env, weeks: int, now: str | None) -> None:
 
 
 @click.command()
-@click.option("--now", help="Act as if it were this time, e.g. 2026-12-08T09:00:00+01:00 "
+@click.option("--now", metavar="TIME", help="Act as if it were this time, e.g. 2026-12-08T09:00:00+01:00 "
                             "(default: now).")
 @click.option("--verbose", "-v", is_flag=True,
               help="Also report problems already reported by an earlier tick, and say when nothing is due.")
 @pass_env
 def tick(env: Env, now: str | None, verbose: bool) -> None:
-    """Send every issue that is due, then exit; safe to run from cron every minute.
+    """Send every issue that is due, then exit.
 
-    Due: send_at has passed, by no more than [schedule] grace, and the issue's campaign has
-    not finished. An interrupted campaign is resumed. An issue that fails its pre-flight
+    Safe to run from cron every minute. Due: send_at has passed and the issue's campaign has
+    not finished. A campaign is started only within [schedule] grace of send_at (later, the
+    slot is reported as missed); an interrupted one is resumed. An issue that fails its pre-flight
     checks is not sent; the reason is printed once and shown by `newsletter calendar`.
     Another tick or scheduler sending at the same moment is not an error. Prints nothing
     when nothing happened; exit code 1 when a new problem was reported.
@@ -191,9 +198,9 @@ def tick(env: Env, now: str | None, verbose: bool) -> None:
               help="Seconds between ticks.")
 @pass_env
 def scheduler(env: Env, interval: float) -> None:
-    """Run in the foreground, sending what is due every minute, until SIGINT or SIGTERM.
+    """Send what is due every minute, until SIGINT or SIGTERM.
 
-    Logs one line per tick (or per issue acted on) to stderr. A failing tick is logged and
+    Runs `tick` every minute in the foreground. Logs one line per tick (or per issue acted on) to stderr. A failing tick is logged and
     tried again a minute later. On SIGTERM a batch in flight finishes and the campaign is
     paused; the next tick, or the next start, resumes it.
     """
