@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, and_, case, func, insert, literal, select, update
+from sqlalchemy.exc import IntegrityError
 
 from . import build
 from .checks import has_errors, run_checks
@@ -245,14 +246,24 @@ def start(store: Store, rendered: Rendered, list_name: str, provider_name: str) 
         ).first()
         if existing:
             raise CampaignExists(f"{rendered.slug} already has a campaign for list {list_name}")
-        campaign_id = conn.execute(
-            insert(campaigns).values(
-                uid=uid, issue=rendered.slug, list_id=lid, status="sending",
-                subject=rendered.subject, content_hash=rendered.content_hash,
-                source_hashes=rendered.source_hashes, provider=provider_name, total=0,
-                web_html=rendered.web_html, created_at=now, updated_at=now, last_error="",
-            )
-        ).inserted_primary_key[0]
+        try:
+            campaign_id = conn.execute(
+                insert(campaigns).values(
+                    uid=uid, issue=rendered.slug, list_id=lid, status="sending",
+                    subject=rendered.subject, content_hash=rendered.content_hash,
+                    source_hashes=rendered.source_hashes, provider=provider_name, total=0,
+                    web_html=rendered.web_html, created_at=now, updated_at=now, last_error="",
+                )
+            ).inserted_primary_key[0]
+        except IntegrityError as exc:
+            # Lost a race: on PostgreSQL two processes can both pass the check above; the
+            # unique (issue, list) index lets one insert and refuses the other.
+            if not _is_issue_list_conflict(exc):
+                raise
+            raise CampaignExists(
+                f"{rendered.slug} already has a campaign for list {list_name} "
+                "(another process started it just now)"
+            ) from None
         audience = audience_select(lid).order_by(None).subquery()
         conn.execute(
             insert(deliveries).from_select(
@@ -269,6 +280,12 @@ def start(store: Store, rendered: Rendered, list_name: str, provider_name: str) 
     found = find_campaign(store, rendered.slug, list_name)
     assert found is not None
     return found
+
+
+def _is_issue_list_conflict(exc: IntegrityError) -> bool:
+    """Whether ``exc`` is the unique (issue, list) constraint of campaigns refusing a row."""
+    message = str(exc.orig or exc)
+    return "uq_campaigns_issue_list" in message or "campaigns.issue, campaigns.list_id" in message
 
 
 def changed_files(campaign: CampaignRow, rendered: Rendered) -> list[str]:
@@ -397,15 +414,24 @@ def _owner_alive(owner: str) -> bool:
     return True
 
 
+def lease_alive(owner: str | None, expires: dt.datetime | None, now: dt.datetime | None = None) -> bool:
+    """Whether a lease still holds: unexpired, and (on this machine) its process alive."""
+    if not owner or expires is None or expires <= (now or utcnow()):
+        return False
+    return _owner_alive(owner)
+
+
 def _acquire(store: Store, campaign_id: int) -> str:
     owner = _owner()
     now = utcnow()
     with store.write() as conn:
+        # FOR UPDATE: on PostgreSQL a second process asking at the same moment waits here and
+        # then sees this one's lease, instead of overwriting it (SQLite's write lock does this).
         row = conn.execute(
-            select(campaigns.c.lease_owner, campaigns.c.lease_expires).where(campaigns.c.id == campaign_id)
+            select(campaigns.c.lease_owner, campaigns.c.lease_expires)
+            .where(campaigns.c.id == campaign_id).with_for_update()
         ).one()
-        if row.lease_owner and row.lease_owner != owner and row.lease_expires and row.lease_expires > now \
-                and _owner_alive(row.lease_owner):
+        if row.lease_owner != owner and lease_alive(row.lease_owner, row.lease_expires, now):
             raise CampaignBusy(
                 f"another process ({row.lease_owner}) is sending this campaign; wait for it to "
                 "finish, or run `newsletter status` to follow it"

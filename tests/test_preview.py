@@ -115,6 +115,28 @@ def test_issue_state_is_draft_or_scheduled(sample_letter: Path) -> None:
     assert scheduled.when is not None and scheduled.when.hour == 7
 
 
+
+def test_the_index_says_sent_once_the_database_has_a_finished_campaign(sample_letter: Path) -> None:
+    from newsletter import build
+    from newsletter import campaign as engine
+    from newsletter import subscribers as subs
+    from newsletter.store import open_store
+
+    listing = {item.slug: item.state.kind for item in Workspace(sample_letter / "newsletter.toml").listing()}
+    assert listing == {QUOTA: "draft", LISTEN: "draft"}
+    assert not (sample_letter / "newsletter.db").exists()  # the preview made no database
+    config = load_config(sample_letter / "newsletter.toml", environ={"NEWSLETTER_SECRET": "s"})
+    with open_store(config) as store:
+        subs.add(store, "reader@example.com", confirmed=True)
+        rendered = build.render(config, QUOTA)
+        started = engine.start(store, rendered, "main", "outbox")
+        assert engine.send_campaign(config, store, started, rendered, sleep=lambda s: None).finished
+    states = {item.slug: item.state for item in Workspace(sample_letter / "newsletter.toml").listing()}
+    assert states[QUOTA].kind == "sent" and states[QUOTA].label.startswith("sent on ")
+    assert states[QUOTA].label.endswith(("CET", "CEST"))
+    assert states[LISTEN].kind == "draft"
+    assert "sent on " in page(Client(make_app(sample_letter)), "/")
+
 # ---------------------------------------------------------------------------------------------
 # The issue page and the email's parts
 

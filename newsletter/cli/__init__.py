@@ -50,10 +50,12 @@ def main(ctx: click.Context, config_path: str | None) -> None:
 def _register() -> None:
     from . import content as content_commands
     from . import providers as provider_commands
+    from . import schedule as schedule_commands
     from . import send as send_commands
     from . import subscribers as subscriber_commands
 
-    for module in (content_commands, subscriber_commands, send_commands, provider_commands):
+    for module in (content_commands, subscriber_commands, send_commands, schedule_commands,
+                   provider_commands):
         for command in module.COMMANDS:
             main.add_command(command)
 

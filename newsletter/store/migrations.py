@@ -179,9 +179,31 @@ def _v2_campaigns(conn: Connection) -> None:
         md.tables[name].create(conn)
 
 
+def _v4_schedule_outcomes(conn: Connection) -> None:
+    """What the last scheduler tick found for each scheduled issue (failed checks, missed)."""
+    md = MetaData(naming_convention=NAMING)
+    Table(
+        "schedule_outcomes",
+        md,
+        Column("id", Integer, primary_key=True),
+        Column("issue", String(200), nullable=False),
+        Column("list_name", String(63), nullable=False),
+        Column("send_at", UtcDateTime, nullable=False),
+        Column("outcome", String(16), nullable=False),
+        Column("detail", Text, nullable=False, server_default=""),
+        Column("first_seen", UtcDateTime, nullable=False),
+        Column("updated_at", UtcDateTime, nullable=False),
+        CheckConstraint("outcome IN ('sent', 'stopped', 'failed', 'missed')", name="outcome"),
+        UniqueConstraint("issue", name="uq_schedule_outcomes_issue"),
+    )
+    md.create_all(conn)
+
+
+# Version 3 is taken by a change made alongside this one; the numbers only need to rise.
 STEPS: tuple[Step, ...] = (
     Step(1, "lists, subscribers, memberships, suppressions", _v1_initial),
     Step(2, "campaigns, deliveries, events", _v2_campaigns),
+    Step(4, "schedule outcomes", _v4_schedule_outcomes),
 )
 
 LATEST = STEPS[-1].version

@@ -204,6 +204,26 @@ events = Table(
     Index("ix_events_campaign", "campaign_id"),
 )
 
+SCHEDULE_OUTCOMES = ("sent", "stopped", "failed", "missed")
+
+schedule_outcomes = Table(
+    "schedule_outcomes",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    # The last thing a scheduler tick found for an issue that was due: sent, stopped
+    # (the campaign paused), failed (checks or set-up; detail says why) or missed (past
+    # its grace). The schedule itself lives in the issue files; this says what came of it.
+    Column("issue", String(200), nullable=False),
+    Column("list_name", String(63), nullable=False),
+    Column("send_at", UtcDateTime, nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("detail", Text, nullable=False, server_default=""),
+    Column("first_seen", UtcDateTime, nullable=False),  # since when this outcome holds
+    Column("updated_at", UtcDateTime, nullable=False),
+    CheckConstraint(_one_of("outcome", SCHEDULE_OUTCOMES), name="outcome"),
+    UniqueConstraint("issue", name="uq_schedule_outcomes_issue"),
+)
+
 # Names of the tables this release creates, for spotting a database that belongs to
 # something else.
 TABLE_NAMES = tuple(metadata.tables)

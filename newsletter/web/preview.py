@@ -47,6 +47,7 @@ from ..config import load as load_config
 from ..content import Issue, issue_folders, load_issue, resolve_issue
 from ..errors import IssueNotFound, NewsletterError
 from ..render import Rendered, builtin_templates, render_issue
+from ..schedule import sent_issues
 from . import http
 
 DEFAULT_HOST = "127.0.0.1"
@@ -76,7 +77,8 @@ EMAIL_CSP = (
 
 @dataclass(frozen=True, slots=True)
 class IssueState:
-    """Where an issue stands: ``draft``, ``scheduled`` (with ``when``) or, later, ``sent``."""
+    """Where an issue stands: ``draft``, ``scheduled`` (with ``when``) or ``sent`` (with when
+    its campaign finished)."""
 
     kind: str
     when: dt.datetime | None = None
@@ -89,9 +91,11 @@ class IssueState:
         return f"{self.kind} {preposition} {self.when:%a %d %b %Y, %H:%M %Z}".strip()
 
 
-def issue_state(issue: Issue) -> IssueState:
-    """The state of ``issue`` as its files tell it. Sending records campaigns in the database;
-    once it does, a sent issue is reported from there before this is consulted."""
+def issue_state(issue: Issue, sent_at: dt.datetime | None = None) -> IssueState:
+    """The state of ``issue``: ``sent`` when the database says its campaign finished
+    (``sent_at``), else as its files tell it."""
+    if sent_at is not None:
+        return IssueState("sent", sent_at)
     if issue.send_at is not None:
         return IssueState("scheduled", issue.send_at)
     return IssueState("draft")
@@ -226,6 +230,8 @@ class Workspace:
     def listing(self) -> list[IssueListing]:
         """Every issue with its subject and state, newest first; a broken one with its error."""
         config = self.config()
+        tz = config.newsletter.timezone
+        sent = {slug: when.astimezone(tz) for slug, when in sent_issues(config).items()}
         out = []
         for folder in reversed(issue_folders(self.issues_dir)):
             try:
@@ -234,7 +240,7 @@ class Workspace:
                 out.append(IssueListing(slug=folder.name, error=self.describe(exc)))
                 continue
             out.append(IssueListing(slug=issue.slug, subject=issue.subject, date=issue.date,
-                                    state=issue_state(issue)))
+                                    state=issue_state(issue, sent.get(issue.slug))))
         return out
 
     def build(self, slug: str) -> IssuePreview:
