@@ -51,8 +51,9 @@ def _register() -> None:
     from . import content as content_commands
     from . import send as send_commands
     from . import subscribers as subscriber_commands
+    from . import web as web_commands
 
-    for module in (content_commands, subscriber_commands, send_commands):
+    for module in (content_commands, subscriber_commands, send_commands, web_commands):
         for command in module.COMMANDS:
             main.add_command(command)
 
