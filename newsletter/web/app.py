@@ -160,10 +160,10 @@ class PublicApp:
         depth = request.path.count("/") - 1
         return "../" * depth
 
-    def page(self, request: Request, name: str, status: int = 200, **context: Any) -> Response:
+    def page(self, request: Request, template: str, code: int = 200, **context: Any) -> Response:
         context.setdefault("root", self.root(request))
-        body = render_template(self.config, f"web/{name}", {"newsletter": self.config.newsletter, **context})
-        return http.html_response(body, status, csp=PAGE_CSP)
+        body = render_template(self.config, f"web/{template}", {"newsletter": self.config.newsletter, **context})
+        return http.html_response(body, code, csp=PAGE_CSP)
 
     def error(self, request: Request, status: int, title: str, message: str) -> Response:
         body = render_template(self.config, "web/error.html", {
@@ -278,8 +278,8 @@ class PublicApp:
             result = signup.confirm(self.store, self.secret, token)
         except BadToken as exc:
             return self._bad_link(request, exc)
-        status = {"confirmed": 200, "already": 200, "blocked": 403, "gone": 410}[result.status]
-        return self.page(request, "confirmed.html", status, status=result.status,
+        code = {"confirmed": 200, "already": 200, "blocked": 403, "gone": 410}[result.status]
+        return self.page(request, "confirmed.html", code, status=result.status,
                          label=signup.list_label(self.config, result.list))
 
     def on_unsubscribe(self, request: Request, token: str) -> Response:
