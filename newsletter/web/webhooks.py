@@ -703,12 +703,12 @@ def _insert_event(conn: Connection, values: dict[str, Any]) -> bool:
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert
-    result = conn.execute(
-        insert(events).values(**values).on_conflict_do_nothing(
-            index_elements=["provider", "provider_event_id"]
-        )
-    )
-    return result.rowcount == 1
+    inserted = conn.execute(
+        insert(events).values(**values)
+        .on_conflict_do_nothing(index_elements=["provider", "provider_event_id"])
+        .returning(events.c.id)
+    ).first()
+    return inserted is not None
 
 
 def soft_bounces_in_a_row(conn: Connection, hashed: str) -> int:

@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import json
 import os
+import threading
 import time
 import uuid
 from typing import Any
@@ -150,6 +151,12 @@ class CertificateHost(FakeService):
     def __init__(self) -> None:
         super().__init__()
         self.files: dict[str, bytes] = {}
+
+    def start(self) -> CertificateHost:
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                                       daemon=True)
+        self.thread.start()
+        return self
 
     def dispatch(self, request: Request) -> Reply:
         data = self.files.get(request.path)
