@@ -109,6 +109,7 @@ class PublicApp:
             Rule("/archive/<slug>/<path:name>", endpoint="archive_asset"),
             Rule("/feed.xml", endpoint="feed"),
             Rule("/static/site.css", endpoint="stylesheet"),
+            Rule("/favicon.ico", endpoint="favicon"),
         ], merge_slashes=False)
 
     def close(self) -> None:
@@ -191,6 +192,11 @@ class PublicApp:
         except StoreError:
             return http.json_response({"status": "unavailable", "database": "unreachable"}, 503)
         return http.json_response({"status": "ok"})
+
+    def on_favicon(self, request: Request) -> Response:
+        """No icon: an empty answer browsers keep, instead of a 404 on every page."""
+        response = Response(status=204, headers={"Cache-Control": "public, max-age=86400"})
+        return http.secure(response, ASSET_CSP)
 
     def on_stylesheet(self, request: Request) -> Response:
         response = send_file(self.archive.stylesheet(), request.environ, mimetype="text/css", max_age=3600)
