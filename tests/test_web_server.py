@@ -183,3 +183,26 @@ def test_a_busy_port_is_a_clear_error(tmp_path):
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}: the port is in use" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("trusted", [False, True])
+def test_client_addresses_come_from_the_trusted_proxy_only(tmp_path, trusted):
+    web = "ip_signups_per_hour = 1\n" + ('trusted_proxy = "127.0.0.1"\n' if trusted else "")
+    write_letter(tmp_path, web=web)
+    process, base = start_server(tmp_path)
+    try:
+        answers = []
+        for n, client in enumerate(("198.51.100.1", "198.51.100.2")):
+            body = f"email=r{n}%40example.com".encode()
+            status, headers, _ = request(base, "POST", "/subscribe", body=body, headers={
+                "Content-Type": "application/x-www-form-urlencoded", "X-Forwarded-For": client,
+                "X-Forwarded-Proto": "https", "X-Forwarded-Host": "letter.example.com",
+            })
+            answers.append(status)
+        hsts = "strict-transport-security" in headers
+    finally:
+        stop_server(process)
+    # Behind the configured proxy each reader has their own limit, and HTTPS is known;
+    # without one, a forged X-Forwarded-For buys nothing.
+    assert answers == ([200, 200] if trusted else [200, 429])
+    assert hsts is trusted

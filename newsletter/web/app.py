@@ -89,12 +89,12 @@ class PublicApp:
         self.store = store
         self.secret = secret
         self.clock = clock
-        self.mailer = mailer if mailer is not None else signup.Mailer(config, store, secret)
-        self.archive = Archive(config, store)
         self.webhooks: dict[str, Webhook | str] = {
             name: webhook_for(config, name, clock=clock, certificates=certificates, confirm=confirm_sns)
             for name in PROVIDERS
         }
+        self.archive = Archive(config, store)
+        self.mailer = mailer if mailer is not None else signup.Mailer(config, store, secret)
         self._signups = 0
         self._lock = threading.Lock()
         self.url_map = Map([

@@ -76,17 +76,20 @@ class ArchivedIssue:
         return found[1].strip() if found else ""
 
 
-def sent_issues(config: Config, store: Store) -> list[ArchivedIssue]:
-    """Every issue a campaign has sent to at least one reader, newest first; an issue sent
-    to several lists appears once, with the most recent web version."""
+def sent_issues(config: Config, store: Store, slug: str | None = None) -> list[ArchivedIssue]:
+    """Every issue a campaign has sent to at least one reader (or just ``slug``), newest
+    first; an issue sent to several lists appears once, with the most recent web version."""
     sent = exists().where(deliveries.c.campaign_id == campaigns.c.id, deliveries.c.status == "sent")
+    stmt = (
+        select(campaigns.c.issue, campaigns.c.subject, campaigns.c.web_html,
+               campaigns.c.created_at, campaigns.c.updated_at)
+        .where(sent, func.length(campaigns.c.web_html) > 0)
+        .order_by(campaigns.c.id)
+    )
+    if slug is not None:
+        stmt = stmt.where(campaigns.c.issue == slug)
     with store.read() as conn:
-        rows = conn.execute(
-            select(campaigns.c.issue, campaigns.c.subject, campaigns.c.web_html,
-                   campaigns.c.created_at, campaigns.c.updated_at)
-            .where(sent, func.length(campaigns.c.web_html) > 0)
-            .order_by(campaigns.c.id)
-        ).all()
+        rows = conn.execute(stmt).all()
     found: dict[str, ArchivedIssue] = {}
     for r in rows:
         if not SLUG.fullmatch(r.issue) or ".." in r.issue:
@@ -161,7 +164,8 @@ class Archive:
         return sent_issues(self.config, self.store)
 
     def issue(self, slug: str) -> ArchivedIssue | None:
-        return next((i for i in self.issues() if i.slug == slug), None)
+        found = sent_issues(self.config, self.store, slug)
+        return found[0] if found else None
 
     def index_html(self, issues: list[ArchivedIssue]) -> str:
         tz = self.config.newsletter.timezone
