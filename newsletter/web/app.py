@@ -10,12 +10,13 @@ POST /webhooks/<name>     bounces and complaints from postmark, sendgrid, mailgu
 GET  /archive/            sent issues, newest first; /archive/<slug>/ the web version
 GET  /feed.xml            Atom
 GET  /healthz             200 when the database answers
+GET  /static/site.css     the pages' style sheet (templates/web/site.css)
 ========================  ==================================================================
 
 Every response carries the security headers of :mod:`newsletter.web.http` and a strict
 Content-Security-Policy (the pages run no script at all); every page is a Jinja2 template
 with autoescaping; request bodies are capped at ``[web] max_body_bytes``.
-:func:`serve` runs the app under waitress, a production WSGI server.
+:func:`make_server` and :func:`run` serve it with waitress, a production WSGI server.
 """
 
 from __future__ import annotations
@@ -205,9 +206,7 @@ class PublicApp:
     # -- subscribe -----------------------------------------------------------------------------
 
     def _lists(self) -> list[dict[str, str]]:
-        from .signup import ListRef, list_label
-
-        return [{"name": name, "label": list_label(self.config, ListRef(0, name, ""))}
+        return [{"name": name, "label": signup.list_label(self.config, signup.ListRef(0, name, ""))}
                 for name in self.config.web.public_lists]
 
     def _form(self, request: Request, status: int = 200, *, error: str | None = None,
@@ -249,7 +248,7 @@ class PublicApp:
             except signup.SignupError as exc:
                 if as_json:
                     return http.json_response({"ok": False, "error": str(exc)}, 400)
-                return self._form(request, 400, error=f"{_sentence(str(exc))}", email=email, name=name,
+                return self._form(request, 400, error=_sentence(str(exc)), email=email, name=name,
                                   chosen=list_name)
             if job is not None:
                 self.mailer.submit(job)
@@ -261,10 +260,8 @@ class PublicApp:
         return self.page(request, "subscribed.html", label=label, days=signup.CONFIRM_TTL // 86400)
 
     def _label(self, list_name: str | None) -> str:
-        from .signup import ListRef, list_label
-
         name = list_name if list_name in self.config.web.public_lists else self.config.web.public_lists[0]
-        return list_label(self.config, ListRef(0, name, ""))
+        return signup.list_label(self.config, signup.ListRef(0, name, ""))
 
     def _maybe_prune(self) -> None:
         with self._lock:
