@@ -102,8 +102,14 @@ class PreviewSettings:
 
 @dataclass(frozen=True, slots=True)
 class WebSettings:
-    soft_bounce_limit: int
-    max_body_bytes: int
+    soft_bounce_limit: int  # soft bounces in a row (no delivery between) that suppress
+    max_body_bytes: int  # the largest request body the public server reads
+    public_lists: tuple[str, ...] = ()  # lists the sign-up form may join (default list when empty)
+    ip_signups_per_hour: int = 20  # sign-up form posts per client IP
+    address_signups_per_day: int = 3  # confirmation emails per address
+    webhook_tolerance: dt.timedelta = dt.timedelta(minutes=5)  # signed timestamps older are replays
+    ses_topic_arn: str | None = None  # the SNS topic SES notifications must come from
+    trusted_proxy: str | None = None  # the reverse proxy whose X-Forwarded-* headers are believed
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,6 +387,40 @@ def _port(value: Any) -> int:
     return port
 
 
+def _list_names(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise ValueError('must be a list of list names, e.g. ["main"]')
+    return tuple(_list_name(item) for item in value)
+
+
+def _topic_arn(value: Any) -> str:
+    text = _text(value)
+    if not re.fullmatch(r"arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}(\.fifo)?", text):
+        raise ValueError(
+            f"{text!r} is not an SNS topic ARN, e.g. arn:aws:sns:eu-west-1:123456789012:ses-events"
+        )
+    return text
+
+
+def _ip_address(value: Any) -> str:
+    import ipaddress
+
+    text = _text(value)
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IP address, e.g. 127.0.0.1") from None
+
+
+def _tolerance(value: Any) -> dt.timedelta:
+    window = parse_duration(value)
+    if not dt.timedelta(seconds=30) <= window <= dt.timedelta(hours=24):
+        raise ValueError(f"{value!r} must be between 30s and 24h, e.g. 5m")
+    return window
+
+
 def _provider_name(value: Any) -> str:
     text = _text(value).lower()
     if text not in PROVIDERS:
@@ -480,6 +520,12 @@ def parse(data: Mapping[str, Any], path: Path, env: Mapping[str, str]) -> Config
     web = _Section("web", data.get("web"), problems)
     soft_bounce_limit = web.get("soft_bounce_limit", 3, _positive_int)
     max_body_bytes = web.get("max_body_bytes", 256 * 1024, _positive_int)
+    public_lists = web.get("public_lists", (), _list_names)
+    ip_signups = web.get("ip_signups_per_hour", 20, _positive_int)
+    address_signups = web.get("address_signups_per_day", 3, _positive_int)
+    tolerance = web.get("webhook_tolerance", dt.timedelta(minutes=5), _tolerance)
+    ses_topic_arn = web.get("ses_topic_arn", None, _topic_arn)
+    trusted_proxy = web.get("trusted_proxy", None, _ip_address)
     web.finish()
 
     if problems:
@@ -511,7 +557,16 @@ def parse(data: Mapping[str, Any], path: Path, env: Mapping[str, str]) -> Config
         ),
         database=DatabaseSettings(url=db_url),
         preview=PreviewSettings(test_recipients=test_recipients, port=preview_port),
-        web=WebSettings(soft_bounce_limit=soft_bounce_limit, max_body_bytes=max_body_bytes),
+        web=WebSettings(
+            soft_bounce_limit=soft_bounce_limit,
+            max_body_bytes=max_body_bytes,
+            public_lists=public_lists or (default_list,),
+            ip_signups_per_hour=ip_signups,
+            address_signups_per_day=address_signups,
+            webhook_tolerance=tolerance,
+            ses_topic_arn=ses_topic_arn,
+            trusted_proxy=trusted_proxy,
+        ),
         env=env,
     )
 

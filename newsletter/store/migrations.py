@@ -179,6 +179,20 @@ def _v2_campaigns(conn: Connection) -> None:
         md.tables[name].create(conn)
 
 
+def _v3_rate_limits(conn: Connection) -> None:
+    """Counters for the public sign-up form's rate limits, keyed by hashes only."""
+    md = MetaData(naming_convention=NAMING)
+    Table(
+        "rate_limits",
+        md,
+        Column("key", String(100), primary_key=True),
+        Column("window_start", UtcDateTime, nullable=False),
+        Column("hits", Integer, nullable=False),
+        Index("ix_rate_limits_window_start", "window_start"),
+    )
+    md.create_all(conn)
+
+
 def _v4_schedule_outcomes(conn: Connection) -> None:
     """What the last scheduler tick found for each scheduled issue (failed checks, missed)."""
     md = MetaData(naming_convention=NAMING)
@@ -199,10 +213,10 @@ def _v4_schedule_outcomes(conn: Connection) -> None:
     md.create_all(conn)
 
 
-# Version 3 is taken by a change made alongside this one; the numbers only need to rise.
 STEPS: tuple[Step, ...] = (
     Step(1, "lists, subscribers, memberships, suppressions", _v1_initial),
     Step(2, "campaigns, deliveries, events", _v2_campaigns),
+    Step(3, "rate limits for the public sign-up form", _v3_rate_limits),
     Step(4, "schedule outcomes", _v4_schedule_outcomes),
 )
 

@@ -204,6 +204,17 @@ events = Table(
     Index("ix_events_campaign", "campaign_id"),
 )
 
+# The public sign-up form's rate limits: one fixed-window counter per key. Keys are
+# "address:<email hash>" and "ip:<keyed hash of the IP>", never an address or an IP.
+rate_limits = Table(
+    "rate_limits",
+    metadata,
+    Column("key", String(100), primary_key=True),
+    Column("window_start", UtcDateTime, nullable=False),
+    Column("hits", Integer, nullable=False),
+    Index("ix_rate_limits_window_start", "window_start"),
+)
+
 SCHEDULE_OUTCOMES = ("sent", "stopped", "failed", "missed")
 
 schedule_outcomes = Table(

@@ -1,0 +1,436 @@
+"""A reader's path through the public pages: sign up, confirm, leave.
+
+Signing up is double opt-in. The form makes (or keeps) a *pending* membership and a
+confirmation email goes out through the configured provider, carrying a signed link that
+expires after seven days; only that link makes the membership active. Whatever the address
+(new, pending, active, unsubscribed, suppressed), the form answers the same, and the email
+is sent from a background thread, so neither the answer nor its timing tells a visitor
+whether an address is on the list. What does differ, out of sight:
+
+* new, pending or unsubscribed on that list: a confirmation email (the link revives an
+  unsubscribed membership: clicking it is a confirmed opt-in);
+* active: nothing is sent;
+* suppressed (bounced, complained, suppressed by hand): nothing is sent; an address that
+  was *forgotten* may sign up again, as a new reader, and the confirmation lifts that.
+
+A per-IP and a per-address limit (fixed windows kept in ``rate_limits``, by hash only) stop
+anyone using the form to flood an inbox; a hidden honeypot field catches simple bots.
+
+Links carry ids, never addresses: a confirmation token names the subscriber, the list and
+the moment the subscriber row was made (so a link cannot confirm a later reader who got the
+same id); an unsubscribe token (made by the campaign engine) names subscriber and list.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import logging
+import os
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, delete, insert, select, update
+
+from ..addresses import clean_name, parse_address
+from ..config import Config
+from ..content import Issue
+from ..errors import InvalidAddress, NewsletterError
+from ..message import MessageTemplate, Recipient, message_id, unsubscribe_url
+from ..providers import Batch, BatchError, Envelope, Outcome, Provider, get_provider
+from ..render import Rendered, inline_css, render_template
+from ..store import Store
+from ..store.schema import lists, memberships, rate_limits, subscribers, suppressions
+from ..subscribers import suppression_of
+from ..tokens import BadToken, sign, verify
+
+log = logging.getLogger("newsletter.web")
+
+CONFIRM_TTL = 7 * 24 * 3600  # seconds a confirmation link stays valid
+HONEYPOT = "website"  # the hidden form field only a bot fills in
+IP_WINDOW = dt.timedelta(hours=1)
+ADDRESS_WINDOW = dt.timedelta(days=1)
+
+
+class SignupError(NewsletterError):
+    """The form was filled in wrongly (an invalid address, an unknown list): say so."""
+
+
+class RateLimited(NewsletterError):
+    """Too many sign-ups from one client."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rate limits
+
+
+def _upsert_counter(conn: Connection, key: str, now: dt.datetime) -> None:
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    conn.execute(
+        dialect_insert(rate_limits).values(key=key, window_start=now, hits=0)
+        .on_conflict_do_nothing(index_elements=["key"])
+    )
+
+
+def over_limit(conn: Connection, key: str, limit: int, window: dt.timedelta,
+               now: dt.datetime) -> int:
+    """Count one hit on ``key``; 0 when it is within ``limit`` per ``window``, else the
+    seconds until the window ends. Fixed windows, one row per key."""
+    _upsert_counter(conn, key, now)
+    row = conn.execute(
+        select(rate_limits.c.window_start, rate_limits.c.hits)
+        .where(rate_limits.c.key == key).with_for_update()
+    ).one()
+    start, hits = row.window_start, row.hits
+    if start + window <= now:
+        start, hits = now, 0
+    if hits >= limit:
+        return max(1, int((start + window - now).total_seconds()))
+    conn.execute(update(rate_limits).where(rate_limits.c.key == key)
+                 .values(window_start=start, hits=hits + 1))
+    return 0
+
+
+def prune_counters(store: Store, now: dt.datetime | None = None) -> int:
+    """Forget counters whose window ended long ago."""
+    cutoff = (now or utcnow()) - 2 * ADDRESS_WINDOW
+    with store.write() as conn:
+        return conn.execute(delete(rate_limits).where(rate_limits.c.window_start < cutoff)).rowcount
+
+
+def ip_key(secret: str, ip: str) -> str:
+    """The counter key of a client IP: keyed, so the table holds no IP addresses."""
+    digest = hmac.new(secret.encode("utf-8"), f"ip\n{ip}".encode(), hashlib.sha256).hexdigest()
+    return f"ip:{digest[:40]}"
+
+
+def check_ip(store: Store, secret: str, ip: str, per_hour: int, now: dt.datetime | None = None) -> None:
+    """Raise RateLimited when ``ip`` has posted the form ``per_hour`` times this hour."""
+    with store.write() as conn:
+        wait = over_limit(conn, ip_key(secret, ip), per_hour, IP_WINDOW, now or utcnow())
+    if wait:
+        raise RateLimited("too many sign-ups from your network; try again later", wait)
+
+
+# ---------------------------------------------------------------------------------------------
+# Signing up
+
+
+@dataclass(frozen=True, slots=True)
+class ListRef:
+    id: int
+    name: str
+    title: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConfirmJob:
+    """A confirmation email to send: to whom (by id only) and for which list."""
+
+    subscriber_id: int
+    list_id: int
+
+
+def public_list(config: Config, name: str | None) -> str:
+    """The list a form may join: one of ``[web] public_lists`` (the first by default)."""
+    allowed = config.web.public_lists
+    wanted = (name or "").strip() or allowed[0]
+    if wanted not in allowed:
+        raise SignupError("there is no such list to subscribe to")
+    return wanted
+
+
+def _list(conn: Connection, config: Config, name: str, create: bool) -> ListRef | None:
+    row = conn.execute(select(lists.c.id, lists.c.name, lists.c.title).where(lists.c.name == name)).first()
+    if row is not None:
+        return ListRef(row.id, row.name, row.title)
+    if not create or name != config.newsletter.default_list:
+        return None
+    new_id = conn.execute(
+        insert(lists).values(name=name, title="", created_at=utcnow()).returning(lists.c.id)
+    ).scalar_one()
+    return ListRef(new_id, name, "")
+
+
+def request_signup(store: Store, config: Config, email: str, name: str = "",
+                   list_name: str | None = None, now: dt.datetime | None = None) -> ConfirmJob | None:
+    """Record a sign-up; returns the confirmation email to send, or None when none goes out
+    (already active, suppressed, or this address has had its emails for today). Raises
+    SignupError for an invalid address or list, the same for every valid one."""
+    try:
+        address = parse_address(email)
+        name = clean_name(name)
+    except InvalidAddress as exc:
+        raise SignupError(str(exc)) from None
+    wanted = public_list(config, list_name)
+    now = now or utcnow()
+    with store.write() as conn:
+        lst = _list(conn, config, wanted, create=True)
+        if lst is None:
+            raise SignupError("there is no such list to subscribe to")
+        if over_limit(conn, f"address:{address.hash}", config.web.address_signups_per_day,
+                      ADDRESS_WINDOW, now):
+            return None
+        found = suppression_of(conn, address.hash)
+        if found is not None and found.reason != "forgotten":
+            return None
+        row = conn.execute(
+            select(subscribers.c.id).where(subscribers.c.email_key == address.key)
+        ).first()
+        if row is None:
+            sub_id = conn.execute(
+                insert(subscribers).values(
+                    email=address.email, email_key=address.key, email_hash=address.hash, name=name,
+                    attributes={}, source="web", created_at=now, updated_at=now,
+                ).returning(subscribers.c.id)
+            ).scalar_one()
+        else:
+            sub_id = row.id  # a name typed by a stranger never replaces the one on record
+        status = conn.execute(
+            select(memberships.c.status).where(
+                memberships.c.list_id == lst.id, memberships.c.subscriber_id == sub_id
+            )
+        ).scalar_one_or_none()
+        if status is None:
+            conn.execute(insert(memberships).values(
+                list_id=lst.id, subscriber_id=sub_id, status="pending", source="web", created_at=now,
+            ))
+        elif status == "active" and found is None:
+            return None
+        return ConfirmJob(sub_id, lst.id)
+
+
+# ---------------------------------------------------------------------------------------------
+# Confirming
+
+
+def confirm_token(secret: str, subscriber_id: int, list_id: int, created_at: dt.datetime) -> str:
+    return sign(secret, "confirm", {"s": subscriber_id, "l": list_id, "c": int(created_at.timestamp())},
+                ttl=CONFIRM_TTL)
+
+
+def confirm_url(config: Config, token: str) -> str:
+    return f"{config.newsletter.site_url}/confirm/{token}"
+
+
+@dataclass(frozen=True, slots=True)
+class Confirmed:
+    status: str  # confirmed | already | blocked | gone
+    list: ListRef | None
+
+
+def _int(data: dict[str, Any], key: str) -> int:
+    value = data.get(key)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise BadToken("this link is damaged; copy the whole link from the email")
+    return value
+
+
+def confirm(store: Store, secret: str, token: str, now: dt.datetime | None = None) -> Confirmed:
+    """Make the membership a confirmation link names active. Raises BadToken for a forged,
+    damaged or expired link (nothing changes then)."""
+    data = verify(secret, "confirm", token, now=now.timestamp() if now else None)
+    sub_id, list_id, made = _int(data, "s"), _int(data, "l"), _int(data, "c")
+    now = now or utcnow()
+    with store.write() as conn:
+        sub = conn.execute(
+            select(subscribers.c.email_hash, subscribers.c.created_at).where(subscribers.c.id == sub_id)
+        ).first()
+        lst = conn.execute(select(lists.c.id, lists.c.name, lists.c.title).where(lists.c.id == list_id)).first()
+        if sub is None or lst is None or int(sub.created_at.timestamp()) != made:
+            return Confirmed("gone", None)
+        ref = ListRef(lst.id, lst.name, lst.title)
+        status = conn.execute(
+            select(memberships.c.status).where(
+                memberships.c.list_id == list_id, memberships.c.subscriber_id == sub_id
+            )
+        ).scalar_one_or_none()
+        if status is None:
+            return Confirmed("gone", ref)
+        found = suppression_of(conn, sub.email_hash)
+        if found is not None:
+            if found.reason != "forgotten":
+                return Confirmed("blocked", ref)
+            # They asked to be forgotten once and have now opted in again and confirmed.
+            conn.execute(delete(suppressions).where(suppressions.c.email_hash == sub.email_hash))
+        if status == "active" and found is None:
+            return Confirmed("already", ref)
+        conn.execute(
+            update(memberships)
+            .where(memberships.c.list_id == list_id, memberships.c.subscriber_id == sub_id)
+            .values(status="active", confirmed_at=now, unsubscribed_at=None)
+        )
+        return Confirmed("confirmed", ref)
+
+
+# ---------------------------------------------------------------------------------------------
+# Leaving
+
+
+@dataclass(frozen=True, slots=True)
+class UnsubscribeTarget:
+    subscriber_id: int
+    list: ListRef | None  # None: the list is gone, or a test copy
+    test: bool  # a proof or sample copy: nobody to unsubscribe
+
+
+def read_unsubscribe(store: Store, secret: str, token: str) -> UnsubscribeTarget:
+    """What an unsubscribe link names; raises BadToken for a forged or damaged one."""
+    data = verify(secret, "unsubscribe", token)
+    sub_id = data.get("s")
+    if sub_id == 0:
+        return UnsubscribeTarget(0, None, test=True)
+    sub_id, list_id = _int(data, "s"), _int(data, "l")
+    with store.read() as conn:
+        row = conn.execute(select(lists.c.id, lists.c.name, lists.c.title).where(lists.c.id == list_id)).first()
+    return UnsubscribeTarget(sub_id, ListRef(row.id, row.name, row.title) if row else None, test=False)
+
+
+def unsubscribe(store: Store, target: UnsubscribeTarget, now: dt.datetime | None = None) -> bool:
+    """Leave the list at once; True when this changed something (False: already left, or
+    nothing to leave). Pending memberships are closed too."""
+    if target.test or target.list is None:
+        return False
+    with store.write() as conn:
+        return conn.execute(
+            update(memberships)
+            .where(memberships.c.list_id == target.list.id,
+                   memberships.c.subscriber_id == target.subscriber_id,
+                   memberships.c.status != "unsubscribed")
+            .values(status="unsubscribed", unsubscribed_at=now or utcnow())
+        ).rowcount > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The confirmation email
+
+
+def list_label(config: Config, lst: ListRef | None) -> str:
+    """How pages and emails name a list: its title, else the newsletter's name (with the
+    list's name when it is not the default list)."""
+    n = config.newsletter
+    if lst is None:
+        return n.name
+    if lst.title:
+        return lst.title
+    return n.name if lst.name == n.default_list else f"{n.name} ({lst.name})"
+
+
+def confirmation_message(config: Config, lst: ListRef, link: str) -> Rendered:
+    """The confirmation email, rendered for one reader (it is one message, so nothing is
+    left to personalise but the unsubscribe link in its headers)."""
+    n = config.newsletter
+    today = dt.datetime.now(n.timezone).date()
+    subject = f"Confirm your subscription to {list_label(config, lst)}"
+    preheader = "One click and you are on the list. Not you? Ignore this email."
+    context = {
+        "newsletter": n, "list_label": list_label(config, lst), "confirm_url": link,
+        "subject": subject, "preheader": preheader, "date": today, "days": CONFIRM_TTL // 86400,
+        "postal_address": n.postal_address, "archive_url": f"{n.site_url}/archive/",
+        "sign_off": n.sign_off, "author": n.author,
+    }
+    html = inline_css(render_template(config, "web/confirm-email.html", context))
+    text = render_template(config, "web/confirm-email.txt", context)
+    issue = Issue(path=config.root, slug="confirm", subject=subject, preheader=preheader,
+                  list_name=lst.name, send_at=None, date=today, note="", note_line=1, posts=())
+    return Rendered(issue=issue, subject=subject, preheader=preheader, html=html, text=text,
+                    web_html="", web_url=link, assets=(), links=())
+
+
+def send_confirmation(config: Config, store: Store, secret: str, job: ConfirmJob,
+                      provider: Provider | None = None) -> Outcome | None:
+    """Send one confirmation email now; None when there is no longer anyone to send it to."""
+    with store.read() as conn:
+        sub = conn.execute(
+            select(subscribers.c.email, subscribers.c.created_at).where(subscribers.c.id == job.subscriber_id)
+        ).first()
+        lst = conn.execute(
+            select(lists.c.id, lists.c.name, lists.c.title).where(lists.c.id == job.list_id)
+        ).first()
+    if sub is None or lst is None:
+        return None
+    ref = ListRef(lst.id, lst.name, lst.title)
+    link = confirm_url(config, confirm_token(secret, job.subscriber_id, job.list_id, sub.created_at))
+    rendered = confirmation_message(config, ref, link)
+    template = MessageTemplate(config, rendered, ref.name)
+    leave = unsubscribe_url(config, sign(secret, "unsubscribe", {"s": job.subscriber_id, "l": job.list_id}))
+    envelope = Envelope(key=job.subscriber_id, recipient=Recipient(sub.email, ""),
+                        unsubscribe_url=leave, message_id=message_id(config))
+    provider = provider or get_provider(config)
+    try:
+        outcomes = provider.send_batch(Batch(template, [envelope], os.urandom(8).hex(), label="confirm"))
+    finally:
+        provider.close()
+    return outcomes[0] if outcomes else None
+
+
+class Mailer:
+    """Sends confirmation emails from a background thread, so a sign-up's answer (and how
+    long it takes) is the same whether or not an email goes out. Failures are logged."""
+
+    def __init__(self, config: Config, store: Store, secret: str,
+                 provider_factory: Callable[[Config], Provider] = get_provider) -> None:
+        self.config = config
+        self.store = store
+        self.secret = secret
+        self.provider_factory = provider_factory
+        self.jobs: queue.Queue[ConfirmJob | None] = queue.Queue()
+        self.sent = 0
+        self.failed = 0
+        self._thread = threading.Thread(target=self._run, name="confirmations", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: ConfirmJob) -> None:
+        self.jobs.put(job)
+
+    def _run(self) -> None:
+        while True:
+            job = self.jobs.get()
+            try:
+                if job is None:
+                    return
+                self._send(job)
+            finally:
+                self.jobs.task_done()
+
+    def _send(self, job: ConfirmJob) -> None:
+        try:
+            outcome = send_confirmation(self.config, self.store, self.secret, job,
+                                        self.provider_factory(self.config))
+        except (BatchError, NewsletterError) as exc:
+            self.failed += 1
+            log.error("confirmation email for subscriber %s not sent: %s", job.subscriber_id, exc)
+            return
+        except Exception:  # a bug must not stop the sender thread
+            self.failed += 1
+            log.exception("confirmation email for subscriber %s not sent", job.subscriber_id)
+            return
+        if outcome is not None and outcome.status == "sent":
+            self.sent += 1
+        elif outcome is not None:
+            self.failed += 1
+            log.error("confirmation email for subscriber %s %s: %s", job.subscriber_id,
+                      outcome.status, outcome.reason)
+
+    def wait(self) -> None:
+        """Block until every email submitted so far is handled (for tests and shutdown)."""
+        self.jobs.join()
+
+    def close(self, timeout: float = 10.0) -> None:
+        self.jobs.put(None)
+        self._thread.join(timeout)

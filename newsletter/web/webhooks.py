@@ -1,0 +1,799 @@
+"""Provider webhooks: one verifier and parser per email service, and what an event does.
+
+Each service authenticates its webhook requests its own way, and each is checked exactly as
+the service documents it before a byte of the payload is believed:
+
+========  =================================================================================
+postmark  HTTP basic auth: the user name and password written into the webhook URL
+sendgrid  ECDSA (P-256, SHA-256) over ``timestamp + raw body``, verified with the public key
+          SendGrid shows; ``X-Twilio-Email-Event-Webhook-Signature`` / ``-Timestamp``
+mailgun   HMAC-SHA256 with the webhook signing key over ``timestamp + token`` (in the body)
+resend    Svix: HMAC-SHA256 with the ``whsec_`` secret over ``svix-id.svix-timestamp.body``
+ses       Amazon SNS message signature, SignatureVersion 2 (RSA with SHA-256), with the
+          signing certificate fetched over HTTPS from an SNS host of amazonaws.com only;
+          the topic must be the configured ``[web] ses_topic_arn``
+========  =================================================================================
+
+A signed timestamp older (or newer) than ``[web] webhook_tolerance`` is a replay and refused.
+Postmark signs nothing, so its requests carry no timestamp to check; for every service a
+replay of an event already recorded changes nothing (events are unique per provider id).
+
+Parsing maps a service's payload to :class:`WebhookEvent`: a kind from one vocabulary
+(``bounce``, ``soft_bounce``, ``complaint``, ``unsubscribe``, ``delivered``, ...), the
+address, the message ids that can tie it to a campaign, the event's own id and time.
+:func:`record_events` then stores them (the address only as its hash) and acts: a permanent
+bounce or a complaint suppresses the address, soft bounces in a row suppress it once there
+are ``[web] soft_bounce_limit`` of them, an unsubscribe leaves the list.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import hashlib
+import hmac
+import json
+import re
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+from sqlalchemy import Connection, and_, func, select, update
+
+from ..addresses import hash_key, parse_address
+from ..config import Config
+from ..errors import InvalidAddress, NewsletterError
+from ..store import Store
+from ..store.schema import campaigns, deliveries, events, memberships, subscribers
+from ..subscribers import suppress_hash
+
+BOUNCE = "bounce"
+SOFT_BOUNCE = "soft_bounce"
+COMPLAINT = "complaint"
+UNSUBSCRIBE = "unsubscribe"
+DELIVERED = "delivered"
+
+PROVIDERS = ("postmark", "sendgrid", "mailgun", "resend", "ses")
+DETAIL_LIMIT = 500
+MAX_EVENTS = 1000  # per request; SendGrid batches are far smaller
+
+
+class WebhookRefused(NewsletterError):
+    """The request is not authentic (or is a replay): answer 401 and change nothing."""
+
+
+class WebhookInvalid(NewsletterError):
+    """The request is authentic but its payload cannot be read: answer 400."""
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookEvent:
+    kind: str
+    address: str | None
+    message_ids: tuple[str, ...]  # the service's message id(s), our Message-ID when known
+    event_id: str  # unique per provider; a replay carries the same one
+    occurred_at: dt.datetime | None
+    detail: str = ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+
+_ADDRESS = re.compile(r"[^\s<>\"'(),;:@\[\]]+@[^\s<>\"'(),;:@\[\]]+")
+
+
+def scrub(text: Any) -> str:
+    """A detail fit for the database: addresses replaced, one line, bounded."""
+    flat = " ".join(str(text or "").split())
+    return _ADDRESS.sub("[address]", flat)[:DETAIL_LIMIT]
+
+
+def _digest(*parts: Any) -> str:
+    """An event id for services that give none: the same payload gives the same id."""
+    data = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    return "h:" + hashlib.sha256(data.encode("utf-8")).hexdigest()[:40]
+
+
+def _when(value: Any) -> dt.datetime | None:
+    """A timestamp as services write them: epoch seconds or ISO 8601."""
+    if value is None or value == "":
+        return None
+    try:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return dt.datetime.fromtimestamp(float(value), dt.UTC)
+        text = str(value).strip()
+        if re.fullmatch(r"\d+(\.\d+)?", text):
+            return dt.datetime.fromtimestamp(float(text), dt.UTC)
+        parsed = dt.datetime.fromisoformat(re.sub(r"(\.\d{6})\d+", r"\1", text))
+    except (ValueError, OverflowError, OSError):
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise WebhookInvalid("the body is not JSON") from None
+
+
+def _b64(text: str) -> bytes:
+    try:
+        return base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise WebhookRefused("a signature or key is not valid base64") from None
+
+
+def _ids(*values: Any) -> tuple[str, ...]:
+    found = []
+    for value in values:
+        if isinstance(value, str) and value.strip() and value.strip() not in found:
+            found.append(value.strip())
+    return tuple(found)
+
+
+def _per_recipient(event_id: str, address: str | None, many: bool) -> str:
+    """One notification naming several recipients becomes one event per recipient."""
+    if not many or not address:
+        return event_id
+    return f"{event_id}#{hash_key(address.strip().lower())[:16]}"
+
+
+class Webhook:
+    """One service's verifier and parser. ``parse`` raises WebhookRefused unless the
+    request is authentic and fresh, then returns the events it carries."""
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, tolerance: float = 300.0, clock: Callable[[], float] = time.time) -> None:
+        self.tolerance = tolerance
+        self.clock = clock
+
+    def parse(self, headers: Mapping[str, str], body: bytes) -> list[WebhookEvent]:
+        raise NotImplementedError
+
+    def check_time(self, stamp: float) -> None:
+        if abs(self.clock() - stamp) > self.tolerance:
+            raise WebhookRefused(f"{self.name}: the signed timestamp is outside the allowed window")
+
+
+# ---------------------------------------------------------------------------------------------
+# Postmark
+
+
+class PostmarkWebhook(Webhook):
+    """Basic auth from the webhook URL; one record per request."""
+
+    name = "postmark"
+    PERMANENT: ClassVar[set[str]] = {"HardBounce", "BadEmailAddress"}
+    SOFT: ClassVar[set[str]] = {"SoftBounce", "Transient", "DnsError", "Blocked", "Unknown"}
+
+    def __init__(self, user: str, password: str, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.user = user.encode("utf-8")
+        self.password = password.encode("utf-8")
+
+    def verify(self, headers: Mapping[str, str]) -> None:
+        scheme, _, value = (headers.get("Authorization") or "").partition(" ")
+        if scheme.lower() != "basic":
+            raise WebhookRefused("postmark: no basic-auth credentials")
+        try:
+            user, colon, password = _b64(value).decode("utf-8").partition(":")
+        except UnicodeDecodeError:
+            raise WebhookRefused("postmark: the credentials are not readable") from None
+        good_user = hmac.compare_digest(user.encode("utf-8"), self.user)
+        good_password = hmac.compare_digest(password.encode("utf-8"), self.password)
+        if not (colon and good_user and good_password):
+            raise WebhookRefused("postmark: wrong user name or password")
+
+    def parse(self, headers: Mapping[str, str], body: bytes) -> list[WebhookEvent]:
+        self.verify(headers)
+        record = _json(body)
+        if not isinstance(record, dict):
+            raise WebhookInvalid("postmark: expected one JSON object")
+        return [self.event(record)]
+
+    def event(self, r: dict[str, Any]) -> WebhookEvent:
+        record_type = str(r.get("RecordType", ""))
+        message = _ids(r.get("MessageID"))
+        if record_type in ("Bounce", "SpamComplaint"):
+            kind_name = str(r.get("Type", ""))
+            if record_type == "SpamComplaint" or kind_name == "SpamComplaint":
+                kind = COMPLAINT
+            elif kind_name in self.PERMANENT or r.get("Inactive") is True:
+                kind = BOUNCE
+            elif kind_name in self.SOFT:
+                kind = SOFT_BOUNCE
+            elif kind_name == "Unsubscribe":
+                kind = UNSUBSCRIBE
+            else:
+                kind = kind_name.lower()[:32] or "bounce_other"
+            event_id = f"bounce:{r['ID']}" if r.get("ID") is not None else _digest(r)
+            return WebhookEvent(kind, r.get("Email"), message, event_id, _when(r.get("BouncedAt")),
+                                scrub(f"{kind_name}: {r.get('Description') or ''} {r.get('Details') or ''}"))
+        if record_type == "SubscriptionChange":
+            reason = str(r.get("SuppressionReason") or "")
+            if r.get("SuppressSending") is True:
+                kind = {"HardBounce": BOUNCE, "SpamComplaint": COMPLAINT}.get(reason, UNSUBSCRIBE)
+            else:
+                kind = "reactivated"
+            event_id = _digest(record_type, r.get("MessageID"), r.get("Recipient"), r.get("ChangedAt"),
+                               r.get("SuppressSending"))
+            return WebhookEvent(kind, r.get("Recipient"), message, event_id, _when(r.get("ChangedAt")),
+                                scrub(f"{reason} by {r.get('Origin') or '?'}"))
+        simple = {"Delivery": (DELIVERED, "DeliveredAt"), "Open": ("opened", "ReceivedAt"),
+                  "Click": ("clicked", "ReceivedAt")}
+        kind, stamp = simple.get(record_type, (record_type.lower()[:32] or "unknown", "ReceivedAt"))
+        address = r.get("Recipient") or r.get("Email")
+        event_id = _digest(record_type, r.get("MessageID"), address, r.get(stamp), r.get("ID"))
+        return WebhookEvent(kind, address, message, event_id, _when(r.get(stamp)),
+                            scrub(r.get("Details") or ""))
+
+
+# ---------------------------------------------------------------------------------------------
+# SendGrid
+
+
+class SendgridWebhook(Webhook):
+    """The Signed Event Webhook: an ECDSA signature over timestamp + raw body."""
+
+    name = "sendgrid"
+    SIGNATURE = "X-Twilio-Email-Event-Webhook-Signature"
+    TIMESTAMP = "X-Twilio-Email-Event-Webhook-Timestamp"
+    DROPPED: ClassVar[dict[str, str]] = {
+        "bounced address": BOUNCE, "invalid": BOUNCE, "spam reporting address": COMPLAINT,
+        "unsubscribed address": UNSUBSCRIBE,
+    }
+
+    def __init__(self, public_key: str, **kw: Any) -> None:
+        super().__init__(**kw)
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.hazmat.primitives.serialization import (
+            load_der_public_key,
+            load_pem_public_key,
+        )
+
+        text = public_key.strip()
+        try:
+            key = (load_pem_public_key(text.encode("ascii")) if text.startswith("-----")
+                   else load_der_public_key(base64.b64decode(text)))
+        except (ValueError, binascii.Error, UnicodeEncodeError):
+            raise NewsletterError(
+                "SENDGRID_WEBHOOK_PUBLIC_KEY is not a public key; copy the verification key "
+                "from SendGrid's Mail Settings > Event Webhook"
+            ) from None
+        if not isinstance(key, ec.EllipticCurvePublicKey):
+            raise NewsletterError("SENDGRID_WEBHOOK_PUBLIC_KEY is not an ECDSA public key")
+        self.key = key
+
+    def verify(self, headers: Mapping[str, str], body: bytes) -> None:
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        signature = headers.get(self.SIGNATURE) or ""
+        stamp = (headers.get(self.TIMESTAMP) or "").strip()
+        if not signature or not stamp.isdigit():
+            raise WebhookRefused("sendgrid: the signature headers are missing")
+        try:
+            self.key.verify(_b64(signature), stamp.encode("ascii") + body, ec.ECDSA(hashes.SHA256()))
+        except InvalidSignature:
+            raise WebhookRefused("sendgrid: the signature does not match") from None
+        self.check_time(int(stamp))
+
+    def parse(self, headers: Mapping[str, str], body: bytes) -> list[WebhookEvent]:
+        self.verify(headers, body)
+        items = _json(body)
+        if not isinstance(items, list):
+            raise WebhookInvalid("sendgrid: expected a JSON array of events")
+        return [self.event(item) for item in items[:MAX_EVENTS] if isinstance(item, dict)]
+
+    def event(self, e: dict[str, Any]) -> WebhookEvent:
+        name = str(e.get("event", ""))
+        reason = str(e.get("reason") or "")
+        if name == "bounce":
+            kind = SOFT_BOUNCE if e.get("type") == "blocked" else BOUNCE
+        elif name == "dropped":
+            kind = self.DROPPED.get(reason.strip().lower(), "dropped")
+        elif name == "spamreport":
+            kind = COMPLAINT
+        elif name in ("unsubscribe", "group_unsubscribe"):
+            kind = UNSUBSCRIBE
+        else:
+            kind = {"delivered": DELIVERED, "open": "opened", "click": "clicked"}.get(name, name[:32] or "unknown")
+        sg_id = e.get("sg_message_id")
+        prefix = sg_id.split(".", 1)[0] if isinstance(sg_id, str) else None
+        event_id = str(e.get("sg_event_id") or _digest(e))
+        status = e.get("status") or ""
+        return WebhookEvent(kind, e.get("email"), _ids(sg_id, prefix, e.get("smtp-id")), event_id,
+                            _when(e.get("timestamp")), scrub(f"{name} {status} {reason}".strip()))
+
+
+# ---------------------------------------------------------------------------------------------
+# Mailgun
+
+
+class MailgunWebhook(Webhook):
+    """HMAC-SHA256 of timestamp + token with the webhook signing key; JSON body."""
+
+    name = "mailgun"
+
+    def __init__(self, signing_key: str, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.key = signing_key.encode("utf-8")
+
+    def parse(self, headers: Mapping[str, str], body: bytes) -> list[WebhookEvent]:
+        try:
+            payload = json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            raise WebhookRefused("mailgun: no signature (the body is not JSON)") from None
+        sig = payload.get("signature") if isinstance(payload, dict) else None
+        if not isinstance(sig, dict):
+            raise WebhookRefused("mailgun: no signature in the body")
+        stamp, token, given = (str(sig.get(k) or "") for k in ("timestamp", "token", "signature"))
+        if not stamp.isdigit() or not token or not given:
+            raise WebhookRefused("mailgun: the signature is incomplete")
+        expected = hmac.new(self.key, (stamp + token).encode("utf-8"), hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(expected.encode("ascii"), given.strip().lower().encode("utf-8")):
+            raise WebhookRefused("mailgun: the signature does not match")
+        self.check_time(int(stamp))
+        data = payload.get("event-data")
+        if not isinstance(data, dict):
+            raise WebhookInvalid("mailgun: no event-data")
+        return [self.event(data)]
+
+    def event(self, d: dict[str, Any]) -> WebhookEvent:
+        name = str(d.get("event", ""))
+        if name == "failed":
+            kind = BOUNCE if d.get("severity") == "permanent" else SOFT_BOUNCE
+        else:
+            kind = {"complained": COMPLAINT, "unsubscribed": UNSUBSCRIBE, "delivered": DELIVERED}.get(
+                name, name[:32] or "unknown")
+        message = d.get("message") if isinstance(d.get("message"), dict) else {}
+        headers = message.get("headers") if isinstance(message.get("headers"), dict) else {}
+        status = d.get("delivery-status") if isinstance(d.get("delivery-status"), dict) else {}
+        detail = f"{name} {d.get('severity') or ''} {d.get('reason') or ''} {status.get('code') or ''} " \
+                 f"{status.get('description') or status.get('message') or ''}"
+        event_id = str(d.get("id") or _digest(d))
+        return WebhookEvent(kind, d.get("recipient"), _ids(headers.get("message-id")), event_id,
+                            _when(d.get("timestamp")), scrub(detail))
+
+
+# ---------------------------------------------------------------------------------------------
+# Resend (Svix)
+
+
+class ResendWebhook(Webhook):
+    """Svix signatures: ``v1,<base64 HMAC>`` entries over ``id.timestamp.body``."""
+
+    name = "resend"
+
+    def __init__(self, secret: str, **kw: Any) -> None:
+        super().__init__(**kw)
+        text = secret.strip()
+        try:
+            self.key = base64.b64decode(text.removeprefix("whsec_"), validate=True)
+        except (binascii.Error, ValueError):
+            raise NewsletterError(
+                "RESEND_WEBHOOK_SECRET is not a signing secret; copy the whsec_... value from "
+                "Resend's webhook page"
+            ) from None
+
+    def verify(self, headers: Mapping[str, str], body: bytes) -> str:
+        msg_id = headers.get("svix-id") or ""
+        stamp = (headers.get("svix-timestamp") or "").strip()
+        given = headers.get("svix-signature") or ""
+        if not msg_id or not stamp.isdigit() or not given:
+            raise WebhookRefused("resend: the svix headers are missing")
+        signed = f"{msg_id}.{stamp}.".encode() + body
+        expected = base64.b64encode(hmac.new(self.key, signed, hashlib.sha256).digest())
+        matched = False
+        for entry in given.split():
+            version, _, value = entry.partition(",")
+            if version == "v1" and hmac.compare_digest(expected, value.encode("utf-8")):
+                matched = True
+        if not matched:
+            raise WebhookRefused("resend: the signature does not match")
+        self.check_time(int(stamp))
+        return msg_id
+
+    def parse(self, headers: Mapping[str, str], body: bytes) -> list[WebhookEvent]:
+        msg_id = self.verify(headers, body)
+        payload = _json(body)
+        if not isinstance(payload, dict) or not isinstance(payload.get("data"), dict):
+            raise WebhookInvalid("resend: expected an object with type and data")
+        name = str(payload.get("type", ""))
+        data = payload["data"]
+        bounce = data.get("bounce") if isinstance(data.get("bounce"), dict) else {}
+        if name == "email.bounced":
+            kind = SOFT_BOUNCE if bounce.get("type") in ("Transient", "Undetermined") else BOUNCE
+        else:
+            kind = {"email.complained": COMPLAINT, "email.delivered": DELIVERED,
+                    "email.delivery_delayed": "deferred", "email.opened": "opened",
+                    "email.clicked": "clicked", "email.sent": "sent"}.get(
+                name, name.removeprefix("email.")[:32] or "unknown")
+        to = data.get("to")
+        recipients = [to] if isinstance(to, str) else [a for a in to or [] if isinstance(a, str)]
+        detail = scrub(f"{name} {bounce.get('type') or ''} {bounce.get('subType') or ''} "
+                       f"{bounce.get('message') or ''}")
+        when = _when(payload.get("created_at") or data.get("created_at"))
+        many = len(recipients) > 1
+        return [
+            WebhookEvent(kind, address, _ids(data.get("email_id")), _per_recipient(msg_id, address, many),
+                         when, detail)
+            for address in (recipients or [None])
+        ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Amazon SES through SNS
+
+_SNS_HOST = re.compile(r"sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?")
+# The fields SNS signs, in this order, for each kind of message (a field absent from the
+# message is left out; Subject is often absent).
+_SNS_SIGNED = {
+    "Notification": ("Message", "MessageId", "Subject", "Timestamp", "TopicArn", "Type"),
+    "SubscriptionConfirmation": ("Message", "MessageId", "SubscribeURL", "Timestamp", "Token",
+                                 "TopicArn", "Type"),
+    "UnsubscribeConfirmation": ("Message", "MessageId", "SubscribeURL", "Timestamp", "Token",
+                                "TopicArn", "Type"),
+}
+MAX_CERTIFICATE_BYTES = 64 * 1024
+
+
+def is_sns_url(url: str) -> bool:
+    """An HTTPS URL on an SNS host of amazonaws.com: the only place certificates and
+    subscription confirmations are fetched from."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return False
+    return (parts.scheme == "https" and port in (None, 443) and not parts.username
+            and not parts.password and bool(_SNS_HOST.fullmatch(parts.hostname or "")))
+
+
+def https_get(url: str) -> bytes:
+    """GET an SNS URL over HTTPS (certificate checked), no redirects, size capped."""
+    import requests
+
+    if not is_sns_url(url):
+        raise WebhookRefused(f"ses: {url!r} is not an SNS address on amazonaws.com")
+    try:
+        response = requests.get(url, timeout=(5, 10), allow_redirects=False, stream=True)
+        data = response.raw.read(MAX_CERTIFICATE_BYTES + 1, decode_content=True)
+    except requests.RequestException as exc:
+        raise WebhookRefused(f"ses: cannot fetch {url}: {exc}") from None
+    if response.status_code != 200 or len(data) > MAX_CERTIFICATE_BYTES:
+        raise WebhookRefused(f"ses: {url} answered {response.status_code}")
+    return data
+
+
+class CertificateCache:
+    """Signing certificates by URL: checked to be an SNS URL before any fetch, fetched once,
+    kept (a handful, least recently used dropped). ``fetch`` is the transport only."""
+
+    def __init__(self, fetch: Callable[[str], bytes] = https_get, size: int = 16) -> None:
+        self.fetch = fetch
+        self.size = size
+        self._certs: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.Lock()
+        self.fetches = 0
+
+    def get(self, url: str) -> Any:
+        from cryptography import x509
+
+        if not is_sns_url(url):
+            raise WebhookRefused("ses: the signing certificate is not on an SNS host of amazonaws.com")
+        with self._lock:
+            if url in self._certs:
+                self._certs.move_to_end(url)
+                return self._certs[url]
+        data = self.fetch(url)
+        self.fetches += 1
+        try:
+            cert = x509.load_pem_x509_certificate(data)
+        except ValueError:
+            raise WebhookRefused("ses: the signing certificate is not a PEM certificate") from None
+        with self._lock:
+            self._certs[url] = cert
+            while len(self._certs) > self.size:
+                self._certs.popitem(last=False)
+        return cert
+
+
+class SesWebhook(Webhook):
+    """SNS notifications carrying SES bounce, complaint and delivery notifications."""
+
+    name = "ses"
+
+    def __init__(self, topic_arn: str, certificates: CertificateCache | None = None,
+                 confirm: Callable[[str], Any] | None = None, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.topic_arn = topic_arn
+        self.certificates = certificates or CertificateCache()
+        self.confirm = confirm or https_get
+
+    def verify(self, m: dict[str, Any]) -> None:
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+        kind = m.get("Type")
+        if not isinstance(kind, str) or kind not in _SNS_SIGNED:
+            raise WebhookRefused("ses: not an SNS message")
+        if not hmac.compare_digest(str(m.get("TopicArn", "")).encode(), self.topic_arn.encode()):
+            raise WebhookRefused("ses: the message is from another SNS topic than [web] ses_topic_arn")
+        if str(m.get("SignatureVersion")) != "2":
+            raise WebhookRefused("ses: only SignatureVersion 2 (SHA256) is accepted; set it on the SNS topic")
+        fields = _SNS_SIGNED[kind]
+        if any(not isinstance(m.get(f), str) for f in fields if f != "Subject"):
+            raise WebhookRefused("ses: the SNS message lacks signed fields")
+        signed = "".join(f"{f}\n{m[f]}\n" for f in fields if isinstance(m.get(f), str))
+        cert = self.certificates.get(str(m.get("SigningCertURL", "")))
+        now = dt.datetime.fromtimestamp(self.clock(), dt.UTC)
+        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+            raise WebhookRefused("ses: the signing certificate is not valid now")
+        key = cert.public_key()
+        if not isinstance(key, rsa.RSAPublicKey):
+            raise WebhookRefused("ses: the signing certificate has no RSA key")
+        try:
+            key.verify(_b64(str(m.get("Signature", ""))), signed.encode("utf-8"),
+                       padding.PKCS1v15(), hashes.SHA256())
+        except InvalidSignature:
+            raise WebhookRefused("ses: the signature does not match") from None
+        stamp = _when(m.get("Timestamp"))
+        if stamp is None:
+            raise WebhookRefused("ses: the message has no timestamp")
+        self.check_time(stamp.timestamp())
+
+    def parse(self, headers: Mapping[str, str], body: bytes) -> list[WebhookEvent]:
+        try:
+            message = json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            raise WebhookRefused("ses: the body is not an SNS message") from None
+        if not isinstance(message, dict):
+            raise WebhookRefused("ses: the body is not an SNS message")
+        self.verify(message)
+        if message["Type"] == "SubscriptionConfirmation":
+            # Authentic and for our topic: confirm it, as SNS asks, from its own host only.
+            url = message.get("SubscribeURL", "")
+            if not is_sns_url(url):
+                raise WebhookRefused("ses: the SubscribeURL is not an SNS address")
+            self.confirm(url)
+            return []
+        if message["Type"] != "Notification":
+            return []
+        try:
+            notification = json.loads(message["Message"])
+        except ValueError:
+            raise WebhookInvalid("ses: the notification is not JSON") from None
+        if not isinstance(notification, dict):
+            raise WebhookInvalid("ses: the notification is not an object")
+        return self.events(notification, str(message.get("MessageId", "")))
+
+    def events(self, n: dict[str, Any], sns_id: str) -> list[WebhookEvent]:
+        name = str(n.get("notificationType") or n.get("eventType") or "")
+        mail = n.get("mail") if isinstance(n.get("mail"), dict) else {}
+        common = mail.get("commonHeaders") if isinstance(mail.get("commonHeaders"), dict) else {}
+        header_ids = [h.get("value") for h in mail.get("headers") or []
+                      if isinstance(h, dict) and str(h.get("name", "")).lower() == "message-id"]
+        ids = _ids(mail.get("messageId"), common.get("messageId"), *header_ids)
+        part = n.get(name[:1].lower() + name[1:]) if name else None
+        part = part if isinstance(part, dict) else {}
+        if name == "Bounce":
+            bounce_type = part.get("bounceType")
+            kind = BOUNCE if bounce_type == "Permanent" else SOFT_BOUNCE
+            people = [r.get("emailAddress") for r in part.get("bouncedRecipients") or [] if isinstance(r, dict)]
+            codes = " ".join(str(r.get("status") or "") for r in part.get("bouncedRecipients") or []
+                             if isinstance(r, dict))
+            detail = f"{bounce_type} {part.get('bounceSubType') or ''} {codes}"
+        elif name == "Complaint":
+            kind = COMPLAINT
+            people = [r.get("emailAddress") for r in part.get("complainedRecipients") or [] if isinstance(r, dict)]
+            detail = f"complaint {part.get('complaintFeedbackType') or ''}"
+        elif name == "Delivery":
+            kind = DELIVERED
+            people = list(part.get("recipients") or [])
+            detail = f"delivered {part.get('smtpResponse') or ''}"
+        else:
+            kind = {"DeliveryDelay": "deferred", "Send": "sent", "Open": "opened", "Click": "clicked",
+                    "Reject": "rejected"}.get(name, name.lower()[:32] or "unknown")
+            people = list(mail.get("destination") or [])
+            detail = name
+        people = [p for p in people if isinstance(p, str)]
+        base = str(part.get("feedbackId") or sns_id or _digest(n))
+        when = _when(part.get("timestamp") or mail.get("timestamp"))
+        many = len(people) > 1
+        return [WebhookEvent(kind, address, ids, _per_recipient(base, address, many), when, scrub(detail))
+                for address in (people or [None])]
+
+
+# ---------------------------------------------------------------------------------------------
+# From the configuration
+
+ENV = {
+    "postmark": ("POSTMARK_WEBHOOK_USER", "POSTMARK_WEBHOOK_PASSWORD"),
+    "sendgrid": ("SENDGRID_WEBHOOK_PUBLIC_KEY",),
+    "mailgun": ("MAILGUN_WEBHOOK_SIGNING_KEY",),
+    "resend": ("RESEND_WEBHOOK_SECRET",),
+}
+
+
+def webhook_for(config: Config, provider: str, *, clock: Callable[[], float] = time.time,
+                certificates: CertificateCache | None = None,
+                confirm: Callable[[str], Any] | None = None) -> Webhook | str:
+    """The verifier for ``provider``, or a sentence saying what is missing to enable it."""
+    kw: dict[str, Any] = {"tolerance": config.web.webhook_tolerance.total_seconds(), "clock": clock}
+    if provider == "ses":
+        if not config.web.ses_topic_arn:
+            return "set [web] ses_topic_arn to the SNS topic of your SES notifications"
+        return SesWebhook(config.web.ses_topic_arn, certificates, confirm, **kw)
+    names = ENV.get(provider)
+    if names is None:
+        return f"{provider!r} is not a provider with webhooks ({', '.join(PROVIDERS)})"
+    values = [config.secret(name) for name in names]
+    missing = [name for name, value in zip(names, values, strict=True) if not value]
+    if missing:
+        return f"set {' and '.join(missing)} in the environment or .env"
+    factory: dict[str, Callable[..., Webhook]] = {
+        "postmark": PostmarkWebhook, "sendgrid": SendgridWebhook, "mailgun": MailgunWebhook,
+        "resend": ResendWebhook,
+    }
+    return factory[provider](*values, **kw)
+
+
+# ---------------------------------------------------------------------------------------------
+# Recording and acting
+
+_OUR_MESSAGE_ID = re.compile(r"([0-9a-f]{16})\.(\d+)@.+")
+
+
+@dataclass
+class Recorded:
+    received: int = 0
+    new: int = 0
+    suppressed: int = 0
+    unsubscribed: int = 0
+
+
+def email_hash(address: str | None) -> str | None:
+    if not address or not address.strip():
+        return None
+    try:
+        return parse_address(address).hash
+    except InvalidAddress:
+        return hash_key(address.strip().lower())
+
+
+def campaign_for(conn: Connection, message_ids: Iterable[str]) -> int | None:
+    """The campaign a message belongs to: by our own Message-ID (campaign uid and delivery
+    row), else by the service's message id recorded in the delivery journal."""
+    for raw in message_ids:
+        bare = raw.strip().strip("<>").strip()
+        if not bare:
+            continue
+        ours = _OUR_MESSAGE_ID.fullmatch(bare)
+        if ours:
+            found = conn.execute(
+                select(campaigns.c.id)
+                .join(deliveries, deliveries.c.campaign_id == campaigns.c.id)
+                .where(campaigns.c.uid == ours[1], deliveries.c.id == int(ours[2]))
+            ).scalar_one_or_none()
+            if found is not None:
+                return found
+        found = conn.execute(
+            select(deliveries.c.campaign_id)
+            .where(deliveries.c.provider_id.in_([bare, f"<{bare}>"]))
+            .limit(1)
+        ).scalar_one_or_none()
+        if found is not None:
+            return found
+    return None
+
+
+def _insert_event(conn: Connection, values: dict[str, Any]) -> bool:
+    """Insert unless the provider's event id is recorded already; True when inserted."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    inserted = conn.execute(
+        insert(events).values(**values)
+        .on_conflict_do_nothing(index_elements=["provider", "provider_event_id"])
+        .returning(events.c.id)
+    ).first()
+    return inserted is not None
+
+
+def soft_bounces_in_a_row(conn: Connection, hashed: str) -> int:
+    """Soft bounces since the address's last delivery: one per campaign (a service may
+    report each retry of one message), and each one not tied to a campaign."""
+    last_delivery = conn.execute(
+        select(func.max(events.c.id)).where(events.c.email_hash == hashed, events.c.kind == DELIVERED)
+    ).scalar_one() or 0
+    since = and_(events.c.email_hash == hashed, events.c.kind == SOFT_BOUNCE, events.c.id > last_delivery)
+    campaigns_hit = conn.execute(
+        select(func.count(func.distinct(events.c.campaign_id))).where(since, events.c.campaign_id.is_not(None))
+    ).scalar_one()
+    loose = conn.execute(select(func.count()).where(since, events.c.campaign_id.is_(None))).scalar_one()
+    return campaigns_hit + loose
+
+
+def _unsubscribe_hash(conn: Connection, hashed: str, campaign_id: int | None, now: dt.datetime) -> int:
+    sub_id = conn.execute(select(subscribers.c.id).where(subscribers.c.email_hash == hashed)).scalar_one_or_none()
+    if sub_id is None:
+        return 0
+    where = [memberships.c.subscriber_id == sub_id, memberships.c.status != "unsubscribed"]
+    if campaign_id is not None:
+        list_id = conn.execute(select(campaigns.c.list_id).where(campaigns.c.id == campaign_id)).scalar_one()
+        where.append(memberships.c.list_id == list_id)
+    return conn.execute(
+        update(memberships).where(*where).values(status="unsubscribed", unsubscribed_at=now)
+    ).rowcount
+
+
+def record_events(store: Store, provider: str, found: list[WebhookEvent], soft_bounce_limit: int) -> Recorded:
+    """Store every event (address as its hash) and act on the new ones, in one transaction;
+    an event id seen before changes nothing."""
+    result = Recorded(received=len(found))
+    now = dt.datetime.now(dt.UTC)
+    with store.write() as conn:
+        for e in found:
+            hashed = email_hash(e.address)
+            campaign_id = campaign_for(conn, e.message_ids)
+            inserted = _insert_event(conn, {
+                "provider": provider, "kind": e.kind[:32], "email_hash": hashed,
+                "campaign_id": campaign_id, "provider_event_id": e.event_id[:200],
+                "detail": scrub(e.detail), "occurred_at": e.occurred_at, "created_at": now,
+            })
+            if not inserted:
+                continue
+            result.new += 1
+            if hashed is None:
+                continue
+            if e.kind == BOUNCE:
+                result.suppressed += suppress_hash(conn, hashed, "bounced", f"{provider}: {scrub(e.detail)}")
+            elif e.kind == COMPLAINT:
+                result.suppressed += suppress_hash(conn, hashed, "complained", f"{provider}: {scrub(e.detail)}")
+            elif e.kind == SOFT_BOUNCE:
+                count = soft_bounces_in_a_row(conn, hashed)
+                if count >= soft_bounce_limit:
+                    result.suppressed += suppress_hash(
+                        conn, hashed, "bounced", f"{provider}: {count} soft bounces in a row"
+                    )
+            elif e.kind == UNSUBSCRIBE:
+                result.unsubscribed += _unsubscribe_hash(conn, hashed, campaign_id, now)
+    return result
+
+
+__all__ = [
+    "BOUNCE",
+    "COMPLAINT",
+    "DELIVERED",
+    "PROVIDERS",
+    "SOFT_BOUNCE",
+    "UNSUBSCRIBE",
+    "CertificateCache",
+    "MailgunWebhook",
+    "PostmarkWebhook",
+    "Recorded",
+    "ResendWebhook",
+    "SendgridWebhook",
+    "SesWebhook",
+    "Webhook",
+    "WebhookEvent",
+    "WebhookInvalid",
+    "WebhookRefused",
+    "campaign_for",
+    "email_hash",
+    "is_sns_url",
+    "record_events",
+    "scrub",
+    "webhook_for",
+]

@@ -1,0 +1,208 @@
+"""`newsletter serve` as a real server process on 127.0.0.1 (waitress), spoken to with plain
+HTTP clients: the one-click unsubscribe exactly as a mailbox provider sends it, a sign-up
+and its confirmation, a signed webhook, the body cap, and a clean stop on SIGTERM."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from .fakes.webhooks import MailgunSigner
+from .webutil import ISSUE, confirm_path, outbox, unsubscribe_path, write_letter
+
+EXE = str(Path(sys.executable).with_name("newsletter"))
+SIGNER = MailgunSigner()
+
+
+def env_for(root: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NEWSLETTER_", "MAILGUN_"))}
+    env["NEWSLETTER_DATABASE_URL"] = f"sqlite:///{root / 'newsletter.db'}"
+    return env
+
+
+def newsletter(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([EXE, *args], cwd=root, env=env_for(root), capture_output=True, text=True, timeout=60)
+
+
+def start_server(root: Path, *args: str) -> tuple[subprocess.Popen, str]:
+    process = subprocess.Popen([EXE, "serve", "--port", "0", *args], cwd=root, env=env_for(root),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = process.stdout.readline()
+    found = re.search(r" at (http://127\.0\.0\.1:\d+)/", line)
+    if not found:
+        process.kill()
+        pytest.fail(f"the server did not start: {line}{process.stderr.read()}")
+    return process, found[1]
+
+
+def stop_server(process: subprocess.Popen) -> tuple[int, str]:
+    process.send_signal(signal.SIGTERM)
+    try:
+        out, _ = process.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        out, _ = process.communicate()
+    return process.returncode, out
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[tuple[Path, str, dict[str, str]]]:
+    root = tmp_path_factory.mktemp("served")
+    write_letter(root, web="max_body_bytes = 4096\n", env=f"MAILGUN_WEBHOOK_SIGNING_KEY={SIGNER.key}\n")
+    (root / "readers.csv").write_text("email,name\nann@example.com,Ann\nbob@example.com,Bob\ncat@example.com,Cat\n")
+    assert newsletter(root, "subscribers", "import", "readers.csv").returncode == 0
+    sent = newsletter(root, "send", ISSUE, "--yes")
+    assert sent.returncode == 0, sent.stderr
+    [label] = [p.name for p in (root / "outbox").iterdir()]
+    messages = {m["To"].addresses[0].addr_spec: m for m in outbox(root, label)}
+    process, base = start_server(root)
+    yield root, base, {a: unsubscribe_path(m) for a, m in messages.items()}
+    stop_server(process)
+
+
+def request(base: str, method: str, path: str, body: bytes | None = None,
+            headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    parts = urlsplit(base)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        conn.close()
+
+
+def status_of(root: Path, address: str) -> str:
+    listed = newsletter(root, "subscribers", "list", "--format", "csv")
+    for line in listed.stdout.splitlines():
+        if line.startswith(address + ","):
+            return line
+    return ""
+
+
+def test_health_and_headers(server):
+    root, base, _ = server
+    status, headers, body = request(base, "GET", "/healthz")
+    assert status == 200 and json.loads(body) == {"status": "ok"}
+    for name in ("x-content-type-options", "x-frame-options", "content-security-policy", "referrer-policy"):
+        assert name in headers
+    assert headers["server"] == "newsletter"
+
+
+def test_one_click_unsubscribe_exactly_as_a_mailbox_provider_sends_it(server):
+    root, base, links = server
+    path = links["ann@example.com"]
+    # Link scanners fetch the URL first; that must change nothing.
+    status, headers, page = request(base, "GET", path, headers={"User-Agent": "LinkScanner/1.0"})
+    assert status == 200 and b"<button" in page
+    assert ",active," in status_of(root, "ann@example.com")
+
+    # RFC 8058: POST, form-encoded body List-Unsubscribe=One-Click, no cookies, no referrer.
+    body = b"List-Unsubscribe=One-Click"
+    status, headers, page = request(base, "POST", path, body=body, headers={
+        "Content-Type": "application/x-www-form-urlencoded", "Content-Length": str(len(body)),
+        "User-Agent": "GoogleOneClick/1.0",
+    })
+    assert status == 200 and b"You are unsubscribed" in page
+    assert "set-cookie" not in headers
+    assert ",unsubscribed," in status_of(root, "ann@example.com")
+    assert ",active," in status_of(root, "bob@example.com")
+
+    again = request(base, "POST", path, body=body, headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert again[0] == 200
+
+
+def test_sign_up_and_confirm_through_the_server(server):
+    root, base, _ = server
+    body = b"email=new.reader%40example.com&name=New&list=main&website="
+    status, _, page = request(base, "POST", "/subscribe", body=body,
+                              headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert status == 200 and b"Check your inbox" in page
+    deadline = time.monotonic() + 15
+    while not outbox(root, "confirm") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [mail] = outbox(root, "confirm")
+    assert ",pending," in status_of(root, "new.reader@example.com")
+    status, _, page = request(base, "GET", confirm_path(mail))
+    assert status == 200 and b"You are subscribed" in page
+    assert ",active," in status_of(root, "new.reader@example.com")
+
+
+def test_a_signed_webhook_through_the_server(server):
+    root, base, _ = server
+    event = {"event": "failed", "severity": "permanent", "id": "srv-1", "timestamp": time.time(),
+             "recipient": "cat@example.com", "message": {"headers": {"message-id": "x@example.com"}}}
+    body = SIGNER.body(event)
+    status, _, answer = request(base, "POST", "/webhooks/mailgun", body=body,
+                                headers={"Content-Type": "application/json"})
+    assert status == 200 and json.loads(answer)["new"] == 1
+    assert ",bounced," in status_of(root, "cat@example.com")
+    forged = body.replace(b"cat@example.com", b"bob@example.com").replace(b'"srv-1"', b'"srv-2"')
+    forged = re.sub(rb'"signature": "[0-9a-f]+"', b'"signature": "' + b"0" * 64 + b'"', forged)
+    assert request(base, "POST", "/webhooks/mailgun", body=forged,
+                   headers={"Content-Type": "application/json"})[0] == 401
+    assert ",active," in status_of(root, "bob@example.com")
+
+
+def test_bodies_over_the_cap_are_refused(server):
+    root, base, _ = server
+    body = b"email=big%40example.com&name=" + b"x" * 8000
+    status, headers, _ = request(base, "POST", "/subscribe", body=body,
+                                 headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert status == 413
+    assert status_of(root, "big@example.com") == ""
+
+
+def test_sigterm_stops_the_server_cleanly(tmp_path):
+    write_letter(tmp_path)
+    process, base = start_server(tmp_path)
+    assert request(base, "GET", "/healthz")[0] == 200
+    code, out = stop_server(process)
+    assert code == 0 and "stopped" in out
+
+
+def test_a_busy_port_is_a_clear_error(tmp_path):
+    write_letter(tmp_path)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = newsletter(tmp_path, "serve", "--port", str(port))
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}: the port is in use" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("trusted", [False, True])
+def test_client_addresses_come_from_the_trusted_proxy_only(tmp_path, trusted):
+    web = "ip_signups_per_hour = 1\n" + ('trusted_proxy = "127.0.0.1"\n' if trusted else "")
+    write_letter(tmp_path, web=web)
+    process, base = start_server(tmp_path)
+    try:
+        answers = []
+        for n, client in enumerate(("198.51.100.1", "198.51.100.2")):
+            body = f"email=r{n}%40example.com".encode()
+            status, headers, _ = request(base, "POST", "/subscribe", body=body, headers={
+                "Content-Type": "application/x-www-form-urlencoded", "X-Forwarded-For": client,
+                "X-Forwarded-Proto": "https", "X-Forwarded-Host": "letter.example.com",
+            })
+            answers.append(status)
+        hsts = "strict-transport-security" in headers
+    finally:
+        stop_server(process)
+    # Behind the configured proxy each reader has their own limit, and HTTPS is known;
+    # without one, a forged X-Forwarded-For buys nothing.
+    assert answers == ([200, 200] if trusted else [200, 429])
+    assert hsts is trusted
