@@ -21,7 +21,10 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet mailmerge
 	$(BIN)/python bench/render.py
+	$(BIN)/python bench/subscribers.py
+	$(BIN)/python bench/send.py
 
 clean:
 	rm -rf $(VENV) dist outbox .demo .pytest_cache .ruff_cache
