@@ -15,9 +15,10 @@ from newsletter.providers import Batch, Envelope, FatalError, TransientError, ge
 from .fakes.smtp import Authenticator, Sink, port_of, self_signed_context, start_sink
 
 
-@pytest.fixture
-def server():
+@pytest.fixture(params=["one by one", "pipelined"])
+def server(request):
     controller, sink = start_sink()
+    sink.pipelining = request.param == "pipelined"
     yield port_of(controller), sink
     controller.stop()
 
@@ -125,3 +126,25 @@ def test_starttls(tmp_path, configure, sample_issue):
     finally:
         controller.stop()
     assert len(sink.messages) == 1
+
+
+def test_pipelining_is_used_when_offered(server, configure, sample_issue):
+    port, sink = server
+    provider, template = smtp_provider(configure, sample_issue, port)
+    outcomes = provider.send_batch(batch_of(template, ["a@example.com"]))
+    assert [o.status for o in outcomes] == ["sent"]
+    (conn,) = provider._all
+    assert conn.has_extn("pipelining") is sink.pipelining
+    provider.close()
+
+
+def test_a_body_with_lines_starting_with_a_dot_arrives_intact(server, configure, sample_issue, write):
+    port, sink = server
+    write(f"issues/{sample_issue}/03-dots.md", "---\ntitle: Dots\n---\n```\n.hidden\n..two\n.\n```\n")
+    provider, template = smtp_provider(configure, sample_issue, port)
+    assert [o.status for o in provider.send_batch(batch_of(template, ["a@example.com"]))] == ["sent"]
+    msg = email.message_from_bytes(sink.messages[0][2], policy=policy.default)
+    text = msg.get_body(("plain",)).get_content()
+    assert "    .hidden\n    ..two\n    ." in text.replace("\r\n", "\n")
+    html = msg.get_body(("html",)).get_content().replace("\r\n", "\n")
+    assert ".hidden\n..two\n.\n</code>" in html  # lines that begin with dots, as written

@@ -118,51 +118,77 @@ class SmtpProvider(Provider):
                 except (TransientError, FatalError) as exc:
                     exc.partial = outcomes
                     raise
-                stage = "mail"
                 try:
-                    # docmd, not mail()/rcpt(): the addresses are checked already, and
-                    # smtplib would parse each one again.
-                    code, reply = conn.docmd("MAIL", f"FROM:<{self.envelope_from}>")
-                    if code != 250:
-                        self._reset(conn)
-                        if 400 <= code < 500:
-                            raise TransientError(f"smtp {self.where}: sender refused for now ({code})", partial=outcomes)
-                        raise FatalError(
-                            f"smtp {self.where}: the server refused the sender {self.envelope_from} "
-                            f"({code} {_text(reply)}); check [newsletter] from", partial=outcomes,
-                        )
-                    stage = "rcpt"
-                    code, reply = conn.docmd("RCPT", f"TO:<{rcpt}>")
-                    if code not in (250, 251):
-                        self._reset(conn)
-                        status = "retry" if 400 <= code < 500 else "failed"
-                        outcomes.append(Outcome(env.key, status, reason=f"{code} {_text(reply)}"))
-                        break
-                    stage = "data"
-                    code, reply = conn.data(data)
-                    if code == 250:
-                        outcomes.append(Outcome(env.key, "sent", provider_id=_text(reply)[:200] or None))
-                    else:
-                        status = "retry" if 400 <= code < 500 else "failed"
-                        outcomes.append(Outcome(env.key, status, reason=f"{code} {_text(reply)}"))
+                    outcomes.append(self._exchange(conn, rcpt, data, env.key))
                     break
-                except smtplib.SMTPDataError as exc:  # DATA refused before the body went out
-                    status = "retry" if 400 <= exc.smtp_code < 500 else "failed"
-                    outcomes.append(Outcome(env.key, status, reason=f"{exc.smtp_code} {_text(exc.smtp_error)}"))
-                    self._reset(conn)
-                    break
-                except (smtplib.SMTPServerDisconnected, OSError) as exc:
+                except _SenderRefused as refused:
+                    exc = refused.error
+                    exc.partial = outcomes
+                    raise exc from None
+                except _Lost as lost:
                     self._drop()
-                    if stage == "data":
-                        outcomes.append(
-                            Outcome(env.key, "unknown", reason=f"connection lost while sending: {_describe(exc)}")
-                        )
+                    if lost.body_sent:
+                        outcomes.append(Outcome(env.key, "unknown", reason=f"connection lost while sending: {lost.why}"))
                         break
                     if attempt == 2:
-                        remaining = [Outcome(e.key, "retry", reason=f"connection lost: {_describe(exc)}")
+                        remaining = [Outcome(e.key, "retry", reason=f"connection lost: {lost.why}")
                                      for e in batch.envelopes[index:]]
                         return outcomes + remaining
         return outcomes
+
+    def _exchange(self, conn: smtplib.SMTP, rcpt: str, data: bytes, key: int) -> Outcome:
+        """One message. MAIL, RCPT and DATA go in one write when the server offers
+        PIPELINING (RFC 2920), else one by one; then the body. Raises _Lost when the
+        connection drops, saying whether the body had gone out."""
+        commands = [f"MAIL FROM:<{self.envelope_from}>", f"RCPT TO:<{rcpt}>", "DATA"]
+        try:
+            if conn.has_extn("pipelining"):
+                conn.send("".join(f"{c}\r\n" for c in commands).encode("ascii"))
+                replies = [conn.getreply() for _ in commands]
+            else:
+                # docmd, not mail()/rcpt(): the addresses are checked already, and smtplib
+                # would parse each one again.
+                replies = []
+                for command, ok in zip(commands, ((250,), (250, 251), (354,)), strict=True):
+                    verb, _, arg = command.partition(" ")
+                    replies.append(conn.docmd(verb, arg))
+                    if replies[-1][0] not in ok:
+                        break
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            raise _Lost(False, _describe(exc)) from None
+        (mail_code, mail_reply), rest = replies[0], replies[1:]
+        if len(rest) == 2 and rest[1][0] == 354 and (mail_code != 250 or rest[0][0] not in (250, 251)):
+            # A server that took DATA after refusing the envelope gets an empty message,
+            # which it cannot deliver to nobody; then the session is reset.
+            with contextlib.suppress(OSError, smtplib.SMTPException):
+                conn.send(b".\r\n")
+                conn.getreply()
+        if mail_code != 250:
+            self._reset(conn)
+            if 400 <= mail_code < 500:
+                raise _SenderRefused(TransientError(f"smtp {self.where}: sender refused for now ({mail_code})"))
+            raise _SenderRefused(FatalError(
+                f"smtp {self.where}: the server refused the sender {self.envelope_from} "
+                f"({mail_code} {_text(mail_reply)}); check [newsletter] from"
+            ))
+        for code, reply in rest:
+            if code not in (250, 251, 354):
+                self._reset(conn)
+                status = "retry" if 400 <= code < 500 else "failed"
+                return Outcome(key, status, reason=f"{code} {_text(reply)}")
+        # The body, dot-stuffed; our messages end every line with CRLF.
+        body = (b"." + data if data.startswith(b".") else data).replace(b"\r\n.", b"\r\n..")
+        if not body.endswith(b"\r\n"):
+            body += b"\r\n"
+        try:
+            conn.send(body + b".\r\n")
+            code, reply = conn.getreply()
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            raise _Lost(True, _describe(exc)) from None
+        if code == 250:
+            return Outcome(key, "sent", provider_id=_text(reply)[:200] or None)
+        status = "retry" if 400 <= code < 500 else "failed"
+        return Outcome(key, status, reason=f"{code} {_text(reply)}")
 
     @staticmethod
     def _reset(conn: smtplib.SMTP) -> None:
@@ -178,6 +204,19 @@ class SmtpProvider(Provider):
             except (OSError, smtplib.SMTPException):
                 with contextlib.suppress(OSError):
                     conn.close()
+
+
+class _Lost(Exception):
+    def __init__(self, body_sent: bool, why: str) -> None:
+        super().__init__(why)
+        self.body_sent = body_sent
+        self.why = why
+
+
+class _SenderRefused(Exception):
+    def __init__(self, error: TransientError | FatalError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 def _text(reply: bytes | str) -> str:

@@ -20,11 +20,14 @@ class Sink:
         self.rules: dict[str, str] = {}  # recipient -> SMTP reply, e.g. "450 4.2.0 later"
         self.drop_data_for: set[str] = set()
         self.close_after_each = False
+        self.pipelining = False
         self.connections = 0
         self.lock = threading.Lock()
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
         session.host_name = hostname
+        if self.pipelining:  # aiosmtpd reads commands one by one, so pipelined ones just work
+            responses.insert(-1, "250-PIPELINING")
         return responses
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
