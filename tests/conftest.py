@@ -177,3 +177,39 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         if reporter:
             reporter.write_line(f"NEWSLETTER_REQUIRE_ALL: {skipped} test(s) skipped; CI runs them all", red=True)
         session.exitstatus = 1
+
+
+# --- browser fixtures (headless Chromium through Playwright, never a downloaded browser) ---
+
+
+def _browser_missing() -> str | None:
+    """Why the browser tests cannot run here, or None when they can."""
+    from newsletter.web.screenshot import BrowserMissing, find_chromium
+
+    install = "install Chromium with `apt-get install chromium` and Playwright with `pip install playwright`"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return f"the playwright package is not installed; {install}"
+    try:
+        find_chromium()
+    except BrowserMissing:
+        return f"Chromium is not installed; {install}"
+    return None
+
+
+BROWSER_MISSING = _browser_missing()
+needs_browser = pytest.mark.skipif(BROWSER_MISSING is not None, reason=BROWSER_MISSING or "")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium, headless, for one test module."""
+    from playwright.sync_api import sync_playwright
+
+    from newsletter.web.screenshot import CHROMIUM_ARGS, find_chromium
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=find_chromium(), args=list(CHROMIUM_ARGS))
+        yield launched
+        launched.close()

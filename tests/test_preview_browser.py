@@ -12,46 +12,22 @@ import sys
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from newsletter.web.preview import PreviewApp, PreviewServer, Workspace
-from newsletter.web.screenshot import CHROMIUM_ARGS, BrowserMissing, find_chromium
 
-from .conftest import REPO
+from .conftest import BROWSER_MISSING, REPO, needs_browser
 from .test_preview import QUOTA, QUOTA_POST, RecordingSender, edit
 
-try:
-    from playwright.sync_api import Browser, Page, expect, sync_playwright
-except ImportError:
-    sync_playwright = None
+if TYPE_CHECKING or not BROWSER_MISSING:
+    from playwright.sync_api import Browser, Page, expect
 
-
-def _missing() -> str | None:
-    install = "install Chromium with `apt-get install chromium` and Playwright with `pip install playwright`"
-    if sync_playwright is None:
-        return f"the playwright package is not installed; {install}"
-    try:
-        find_chromium()
-    except BrowserMissing:
-        return f"Chromium is not installed; {install}"
-    return None
-
-
-MISSING = _missing()
-pytestmark = pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
+pytestmark = needs_browser
 
 SAMPLE_ISSUES = sorted(p.name for p in (REPO / "issues").iterdir() if (p / "issue.md").is_file())
 WAIT_MS = 5_000  # "within about a second", with room for a slow machine
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=find_chromium(),
-                                              args=list(CHROMIUM_ARGS))
-        yield launched
-        launched.close()
 
 
 @pytest.fixture

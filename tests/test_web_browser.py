@@ -7,45 +7,23 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from newsletter import subscribers as subs
 from newsletter.config import load as load_config
 from newsletter.store import open_store
-from newsletter.web.screenshot import CHROMIUM_ARGS, BrowserMissing, find_chromium
 
+from .conftest import BROWSER_MISSING, needs_browser
 from .test_web_server import env_for, newsletter, start_server, stop_server
 from .webutil import ISSUE, confirm_path, outbox, unsubscribe_path, write_letter
 
-try:
-    from playwright.sync_api import Browser, Page, expect, sync_playwright
-except ImportError:
-    sync_playwright = None
+if TYPE_CHECKING or not BROWSER_MISSING:
+    from playwright.sync_api import Browser, Page, expect
 
-
-def _missing() -> str | None:
-    install = "install Chromium with `apt-get install chromium` and Playwright with `pip install playwright`"
-    if sync_playwright is None:
-        return f"the playwright package is not installed; {install}"
-    try:
-        find_chromium()
-    except BrowserMissing:
-        return f"Chromium is not installed; {install}"
-    return None
-
-
-MISSING = _missing()
-pytestmark = pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
+pytestmark = needs_browser
 WAIT_MS = 10_000
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=find_chromium(), args=list(CHROMIUM_ARGS))
-        yield launched
-        launched.close()
 
 
 @pytest.fixture

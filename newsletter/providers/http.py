@@ -45,6 +45,20 @@ def reset_after(response: requests.Response, header: str) -> float | None:
         return None
 
 
+def json_body(response: requests.Response) -> Any:
+    """The response's JSON, or {} when it carries none."""
+    try:
+        return response.json()
+    except ValueError:
+        return {}
+
+
+def json_object(response: requests.Response) -> dict[str, Any]:
+    """The response's JSON when it is an object, else {}."""
+    body = json_body(response)
+    return body if isinstance(body, dict) else {}
+
+
 class HttpClient:
     """Requests to one service; errors name the service and host, never the credentials."""
 

@@ -34,7 +34,7 @@ from ..errors import ConfigError
 from ..message import HeaderInjection, MessageTemplate, ascii_address, field_values, list_id
 from ..render import FIELDS, PLACEHOLDER_RE
 from . import Batch, BatchError, Envelope, FatalError, Outcome, Provider, UnsubscribeHeaders, retag
-from .http import HttpClient
+from .http import HttpClient, json_object
 
 REGIONS = {"us": "https://api.mailgun.net", "eu": "https://api.eu.mailgun.net"}
 CONSTANT_FIELDS = ("web_url",)
@@ -93,7 +93,7 @@ class MailgunProvider(Provider):
             raise FatalError(self._not_found())
         if response.status_code != 200:
             raise FatalError(f"mailgun: GET /v3/domains/{self.domain} answered {response.status_code}: {_message(response)}")
-        domain = _json(response).get("domain") or {}
+        domain = json_object(response).get("domain") or {}
         state = domain.get("state", "?")
         if state != "active":
             raise FatalError(
@@ -176,7 +176,7 @@ class MailgunProvider(Provider):
                 raise
             status = response.status_code
             if status == 200:
-                message_id = str(_json(response).get("id", "")).strip("<>") or None
+                message_id = str(json_object(response).get("id", "")).strip("<>") or None
                 outcomes.extend(Outcome(env.key, "sent", provider_id=message_id) for env, *_ in group)
                 continue
             message = _message(response)
@@ -228,13 +228,6 @@ class MailgunProvider(Provider):
         self.client.close()
 
 
-def _json(response) -> dict:
-    try:
-        body = response.json()
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
-
 
 def _message(response) -> str:
-    return str(_json(response).get("message") or response.text[:200] or response.reason or "no details").strip()
+    return str(json_object(response).get("message") or response.text[:200] or response.reason or "no details").strip()

@@ -11,7 +11,7 @@ import json
 
 from ..message import field_values
 from . import Batch, FatalError, Outcome, Provider
-from .http import HttpClient
+from .http import HttpClient, json_body
 
 API = "https://api.postmarkapp.com"
 # Per-message error codes that are worth another try later (Postmark's rate and queue limits).
@@ -72,14 +72,14 @@ class PostmarkProvider(Provider):
         response = self.client.request("POST", "/email/batch", data=payload)
         self.client.refuse_auth(response, "POSTMARK_SERVER_TOKEN")
         if response.status_code == 422:
-            body = _json(response)
+            body = json_body(response)
             code = body.get("ErrorCode")
             if code == 10:
                 raise FatalError("postmark: the server token was refused (ErrorCode 10); check POSTMARK_SERVER_TOKEN")
             raise FatalError(f"postmark: the batch was refused (422, ErrorCode {code}): {body.get('Message', '')}")
         if response.status_code != 200:
             raise FatalError(f"postmark: unexpected answer {response.status_code}: {_message(response)}")
-        results = _json(response)
+        results = json_body(response)
         if not isinstance(results, list) or len(results) != len(batch.envelopes):
             from . import UnknownOutcome
 
@@ -99,15 +99,9 @@ class PostmarkProvider(Provider):
         self.client.close()
 
 
-def _json(response):
-    try:
-        return response.json()
-    except ValueError:
-        return {}
-
 
 def _message(response) -> str:
-    body = _json(response)
+    body = json_body(response)
     if isinstance(body, dict) and body.get("Message"):
         return str(body["Message"])
     return response.text[:200]

@@ -37,7 +37,7 @@ from . import (
     TransientError,
     UnknownOutcome,
 )
-from .http import HttpClient, retry_after
+from .http import HttpClient, json_object, retry_after
 
 API = "https://api.resend.com"
 DEFAULT_RATE = 2.0  # requests per second, Resend's default limit
@@ -76,7 +76,7 @@ class ResendProvider(Provider):
         self.pacer.wait()
         response = self.client.request("GET", "/domains", passthrough=(429,))
         domain = self.config.newsletter.sender.domain
-        body = _json(response)
+        body = json_object(response)
         if response.status_code == 401 and body.get("name") == "restricted_api_key":
             return (
                 "resend: API key accepted (a sending-only key, so Resend will not list domains; "
@@ -155,7 +155,7 @@ class ResendProvider(Provider):
 
     def _outcomes(self, response, envelopes) -> list[Outcome]:
         status = response.status_code
-        body = _json(response)
+        body = json_object(response)
         name = body.get("name")
         if status == 200:
             errors = {e.get("index"): str(e.get("message", "refused")) for e in body.get("errors") or [] if isinstance(e, dict)}
@@ -218,16 +218,9 @@ def _tag_value(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", text)[:256] or "_"
 
 
-def _json(response) -> dict:
-    try:
-        body = response.json()
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
-
 
 def _describe(response) -> str:
-    body = _json(response)
+    body = json_object(response)
     name, message = body.get("name"), body.get("message")
     if name and message:
         return f"{name}: {message}"

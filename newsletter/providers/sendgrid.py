@@ -42,7 +42,7 @@ from . import (
     UnsubscribeHeaders,
     retag,
 )
-from .http import HttpClient, reset_after, retry_after
+from .http import HttpClient, json_object, reset_after, retry_after
 
 API = "https://api.sendgrid.com"
 API_EU = "https://api.eu.sendgrid.com"
@@ -103,7 +103,7 @@ class SendgridProvider(Provider):
             )
         if response.status_code != 200:
             raise FatalError(f"sendgrid: GET /v3/scopes answered {response.status_code}: {_errors_text(response)}")
-        scopes = _json(response).get("scopes") or []
+        scopes = json_object(response).get("scopes") or []
         if "mail.send" not in scopes:
             raise FatalError(
                 "sendgrid: the key in SENDGRID_API_KEY is valid but lacks the mail.send scope; "
@@ -285,16 +285,9 @@ def _address(email: str, name: str = "") -> dict[str, str]:
     return {"email": email, "name": name} if name else {"email": email}
 
 
-def _json(response):
-    try:
-        body = response.json()
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
-
 
 def _errors(response) -> list[dict]:
-    errors = _json(response).get("errors")
+    errors = json_object(response).get("errors")
     return [e for e in errors if isinstance(e, dict)] if isinstance(errors, list) else []
 
 
