@@ -482,3 +482,15 @@ def test_stats_count_joins_and_leaves_per_week_in_the_newsletter_time_zone(store
         ("2026-03-09", 1, 0),
         ("2026-03-16", 3, 1),
     ]
+
+
+def test_a_forgotten_readers_id_is_never_given_to_someone_else(store):
+    """Unsubscribe links name readers by id: after `forget`, a new reader must not inherit
+    the id, or an old link in the forgotten reader's mailbox would unsubscribe them."""
+    subs.add(store, "first@example.com", confirmed=True)
+    subs.add(store, "last@example.com", confirmed=True)
+    old = {m.email: m.subscriber_id for m in subs.iter_members(store)}["last@example.com"]
+    subs.forget(store, "last@example.com")
+    subs.add(store, "newcomer@example.com", confirmed=True)
+    new = {m.email: m.subscriber_id for m in subs.iter_members(store)}["newcomer@example.com"]
+    assert new > old

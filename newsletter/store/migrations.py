@@ -74,7 +74,10 @@ def _v1_initial(conn: Connection) -> None:
         Column("source", String(200), nullable=False, server_default=""),
         Column("created_at", UtcDateTime, nullable=False),
         Column("updated_at", UtcDateTime, nullable=False),
-    )
+            # Ids are never reused (SQLite would reuse the highest after a `forget`), so an
+        # old unsubscribe link can never name a later reader.
+        sqlite_autoincrement=True,
+)
     Table(
         "memberships",
         md,
