@@ -33,7 +33,6 @@ from typing import Any
 from sqlalchemy import Connection, and_, case, func, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError
 
-from . import build
 from .checks import has_errors, run_checks
 from .config import Config
 from .errors import NewsletterError
@@ -844,6 +843,3 @@ def preflight(config: Config, rendered: Rendered) -> list:
         )
     return findings
 
-
-def render_for(config: Config, issue: str | None) -> Rendered:
-    return build.render(config, issue)

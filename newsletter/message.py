@@ -117,8 +117,6 @@ class Personalizer:
         escaped = {k: _json_content(v) for k, v in values.items()}
         return f'"{self._fill(self._text_json, escaped)}"'
 
-    def fields_used(self) -> set[str]:
-        return set(self._html[1]) | set(self._text[1])
 
 
 def field_values(recipient: Recipient, unsubscribe_url: str, web_url: str) -> dict[str, str]:
