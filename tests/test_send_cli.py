@@ -251,3 +251,19 @@ def test_smtp_killed_mid_message(tmp_path):
         assert "5 sent, 5 unknown of 10" in status
     finally:
         controller.stop()
+
+
+def test_changed_files_stop_a_resume_until_rerender(tmp_path, fake):
+    make_letter(tmp_path, postmark(fake), 6)
+    fake.faults = [None, 401]  # stops after the first batch
+    assert newsletter(tmp_path, "send", "--yes").returncode == 1
+    post = tmp_path / "issues" / "2026-12-01-crash" / "01-a.md"
+    post.write_text(post.read_text() + "\nA late addition.\n")
+    refused = newsletter(tmp_path, "send", "--resume", "--yes")
+    assert refused.returncode == 1
+    assert "issues/2026-12-01-crash/01-a.md" in refused.stderr and "--rerender" in refused.stderr
+    assert len(fake.messages) == 3
+    resumed = newsletter(tmp_path, "send", "--resume", "--rerender", "--yes")
+    assert resumed.returncode == 0, resumed.stderr
+    assert delivered(fake) == Counter({a: 1 for a in everyone(6)})
+    assert sum("A late addition." in m["TextBody"] for m in fake.messages) == 3
