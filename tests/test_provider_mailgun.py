@@ -13,10 +13,8 @@ from werkzeug.formparser import parse_form_data
 
 from newsletter import build
 from newsletter.errors import ConfigError
-from newsletter.message import MessageTemplate, Recipient
+from newsletter.message import MessageTemplate
 from newsletter.providers import (
-    Batch,
-    Envelope,
     FatalError,
     TransientError,
     UnknownOutcome,
@@ -25,6 +23,7 @@ from newsletter.providers import (
 
 from .fakes.httpbase import json_reply
 from .fakes.mailgun import DOMAIN, KEY, FakeMailgun
+from .provider_util import batch_of
 
 
 @pytest.fixture
@@ -54,15 +53,6 @@ def mailgun(fake, configure, sample_issue):
     provider, template = make(configure, sample_issue, fake)
     yield provider, template
     provider.close()
-
-
-def batch_of(template, addresses, names=None):
-    envelopes = [
-        Envelope(i, Recipient(a, names[i - 1] if names else f"Reader {i}"),
-                 f"https://letter.example.com/unsubscribe/t{i}", f"<c.{i}@example.com>")
-        for i, a in enumerate(addresses, start=1)
-    ]
-    return Batch(template, envelopes, idempotency_key="c1-b1", label="c1")
 
 
 def form_of(request):

@@ -6,10 +6,8 @@ import pytest
 
 from newsletter import build
 from newsletter.errors import ConfigError
-from newsletter.message import MessageTemplate, Recipient
+from newsletter.message import MessageTemplate
 from newsletter.providers import (
-    Batch,
-    Envelope,
     FatalError,
     TransientError,
     UnknownOutcome,
@@ -17,6 +15,7 @@ from newsletter.providers import (
 )
 
 from .fakes.postmark import TOKEN, FakePostmark
+from .provider_util import batch_of
 
 
 @pytest.fixture
@@ -36,14 +35,6 @@ def postmark(fake, configure, sample_issue):
     template = MessageTemplate(config, build.render(config, sample_issue), "main")
     yield provider, template
     provider.close()
-
-
-def batch_of(template, addresses):
-    envelopes = [
-        Envelope(i, Recipient(a, f"Reader {i}"), f"https://letter.example.com/unsubscribe/t{i}", f"<c.{i}@example.com>")
-        for i, a in enumerate(addresses, start=1)
-    ]
-    return Batch(template, envelopes, idempotency_key="c1-b1", label="c1")
 
 
 def test_batch_is_sent_with_headers_stream_and_bodies(postmark, fake):

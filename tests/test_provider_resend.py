@@ -12,10 +12,9 @@ import requests
 
 from newsletter import build
 from newsletter.errors import ConfigError
-from newsletter.message import MessageTemplate, Recipient
+from newsletter.message import MessageTemplate
 from newsletter.providers import (
     Batch,
-    Envelope,
     FatalError,
     Pacer,
     TransientError,
@@ -25,6 +24,7 @@ from newsletter.providers import (
 from newsletter.providers.resend import idempotency_key
 
 from .fakes.resend import KEY, SENDING_KEY, FakeResend
+from .provider_util import batch_of as shared_batch_of
 
 
 @pytest.fixture
@@ -51,11 +51,7 @@ def resend(fake, configure, sample_issue):
 
 
 def batch_of(template, addresses, key="campaign-7/batch-3"):
-    envelopes = [
-        Envelope(i, Recipient(a, f"Reader {i}"), f"https://letter.example.com/unsubscribe/t{i}", f"<c.{i}@example.com>")
-        for i, a in enumerate(addresses, start=1)
-    ]
-    return Batch(template, envelopes, idempotency_key=key, label="campaign-7")
+    return shared_batch_of(template, addresses, key=key, label="campaign-7")
 
 
 def posts(fake):

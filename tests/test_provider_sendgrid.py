@@ -12,10 +12,8 @@ import requests
 
 from newsletter import build
 from newsletter.errors import ConfigError
-from newsletter.message import MessageTemplate, Recipient
+from newsletter.message import MessageTemplate
 from newsletter.providers import (
-    Batch,
-    Envelope,
     FatalError,
     TransientError,
     UnknownOutcome,
@@ -24,6 +22,7 @@ from newsletter.providers import (
 
 from .fakes.httpbase import Reply, json_reply
 from .fakes.sendgrid import KEY, FakeSendgrid
+from .provider_util import batch_of
 
 
 @pytest.fixture
@@ -53,15 +52,6 @@ def sendgrid(fake, configure, sample_issue):
     provider, template = make(configure, sample_issue, fake)
     yield provider, template
     provider.close()
-
-
-def batch_of(template, addresses, names=None):
-    envelopes = [
-        Envelope(i, Recipient(a, names[i - 1] if names else f"Reader {i}"),
-                 f"https://letter.example.com/unsubscribe/t{i}", f"<c.{i}@example.com>")
-        for i, a in enumerate(addresses, start=1)
-    ]
-    return Batch(template, envelopes, idempotency_key="c1-b1", label="c1")
 
 
 def posts(fake):

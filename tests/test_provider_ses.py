@@ -14,10 +14,8 @@ from botocore.exceptions import ClientError
 
 from newsletter import build
 from newsletter.errors import ConfigError
-from newsletter.message import MessageTemplate, Recipient
+from newsletter.message import MessageTemplate
 from newsletter.providers import (
-    Batch,
-    Envelope,
     FatalError,
     TransientError,
     get_provider,
@@ -25,6 +23,7 @@ from newsletter.providers import (
 )
 
 from .fakes.ses import ACCESS_KEY, REGION, SECRET, FakeSes
+from .provider_util import batch_of
 
 ENV = {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET}
 
@@ -59,14 +58,6 @@ def ses(fake, configure, sample_issue):
     provider, template = make(configure, sample_issue, fake)
     yield provider, template
     provider.close()
-
-
-def batch_of(template, addresses):
-    envelopes = [
-        Envelope(i, Recipient(a, f"Reader {i}"), f"https://letter.example.com/unsubscribe/t{i}", f"<c.{i}@example.com>")
-        for i, a in enumerate(addresses, start=1)
-    ]
-    return Batch(template, envelopes, idempotency_key="c1-b1", label="c1")
 
 
 def sends(fake):

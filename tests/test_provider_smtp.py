@@ -9,10 +9,11 @@ from email import policy
 import pytest
 
 from newsletter import build
-from newsletter.message import MessageTemplate, Recipient
-from newsletter.providers import Batch, Envelope, FatalError, TransientError, get_provider
+from newsletter.message import MessageTemplate
+from newsletter.providers import FatalError, TransientError, get_provider
 
 from .fakes.smtp import Authenticator, Sink, port_of, self_signed_context, start_sink
+from .provider_util import batch_of
 
 
 @pytest.fixture(params=["one by one", "pipelined"])
@@ -27,14 +28,6 @@ def smtp_provider(configure, sample_issue, port, extra="", env=None):
     config = configure(f'name = "smtp"\nhost = "127.0.0.1"\nport = {port}\nsecurity = "none"\ntimeout = 5\n{extra}', env=env)
     template = MessageTemplate(config, build.render(config, sample_issue), "main")
     return get_provider(config), template
-
-
-def batch_of(template, addresses):
-    envelopes = [
-        Envelope(i, Recipient(a, f"Reader {i}"), f"https://letter.example.com/unsubscribe/t{i}", f"<c.{i}@example.com>")
-        for i, a in enumerate(addresses, start=1)
-    ]
-    return Batch(template, envelopes, idempotency_key="c1-b1", label="c1")
 
 
 def test_messages_arrive_whole_over_one_connection(server, configure, sample_issue):
