@@ -138,23 +138,6 @@ def list_id(config: Config, list_name: str) -> str:
     return formataddr((config.newsletter.name, f"{list_name}.{host}"))
 
 
-def list_headers(config: Config, list_name: str, unsubscribe: str) -> dict[str, str]:
-    """The headers that make unsubscribing one click (RFC 2369, RFC 8058)."""
-    targets = [f"<{unsubscribe}>"]
-    mailto = config.newsletter.unsubscribe_mailto
-    if mailto:
-        targets.append(f"<mailto:{mailto}?subject={quote('unsubscribe')}>")
-    headers = {
-        "List-Id": list_id(config, list_name),
-        "List-Unsubscribe": ", ".join(targets),
-        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
-    }
-    for name, value in headers.items():
-        if any(ch in value for ch in "\r\n"):
-            raise HeaderInjection(f"{name}: line breaks are not allowed in header values")
-    return headers
-
-
 def message_id(config: Config, local: str | None = None) -> str:
     domain = config.newsletter.sender.domain
     if local:
@@ -219,12 +202,24 @@ class MessageTemplate:
         self._static = _header_lines(
             [("From", self.sender), ("Reply-To", n.reply_to), ("Subject", self.subject)]
         )
-        self._list_id = _header_lines([("List-Id", list_id(config, list_name))])
+        self._list_id_value = list_id(config, list_name)
+        if "\r" in self._list_id_value or "\n" in self._list_id_value:
+            raise HeaderInjection("List-Id: line breaks are not allowed in header values")
+        self._list_id = _header_lines([("List-Id", self._list_id_value)])
+        mailto = n.unsubscribe_mailto
+        self._mailto = f", <mailto:{mailto}?subject={quote('unsubscribe')}>" if mailto else ""
         self._date_cache: tuple[int, bytes] = (0, b"")
 
     def headers_for(self, unsubscribe: str) -> dict[str, str]:
-        """The per-recipient compliance headers, for services that take headers as data."""
-        return list_headers(self.config, self.list_name, unsubscribe)
+        """The headers that make unsubscribing one click (RFC 2369, RFC 8058), for one
+        reader's link; everything else in them is fixed once per issue."""
+        if "\r" in unsubscribe or "\n" in unsubscribe:
+            raise HeaderInjection("List-Unsubscribe: line breaks are not allowed in header values")
+        return {
+            "List-Id": self._list_id_value,
+            "List-Unsubscribe": f"<{unsubscribe}>{self._mailto}",
+            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+        }
 
     def parts_for(self, recipient: Recipient, unsubscribe: str) -> tuple[str, str]:
         """The recipient's (html, text)."""

@@ -331,3 +331,12 @@ def test_json_bodies_match_the_plain_ones(letter_issue):
         assert json.loads(p.html_json(values)) == p.html(values)
         assert json.loads(p.text_json(values)) == p.text(values)
         assert p.html_json(values).isascii()
+
+
+def test_list_unsubscribe_adds_the_mailto_when_configured(letter_issue, letter):
+    toml = letter / "newsletter.toml"
+    toml.write_text(toml.read_text().replace("[schedule]", 'unsubscribe_mailto = "leave@example.com"\n\n[schedule]'))
+    config = cfg.load(toml, environ={})
+    r = build.render(config, "2026-12-01-t")
+    raw = MessageTemplate(config, r, "main").bytes_for(Recipient("a@example.com"), "https://u/T", "<x@example.com>")
+    assert parse(raw)["List-Unsubscribe"] == "<https://u/T>, <mailto:leave@example.com?subject=unsubscribe>"
