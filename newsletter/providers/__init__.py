@@ -1,10 +1,20 @@
 """Email services, all behind one small interface.
 
 The campaign engine hands a provider a :class:`Batch` (one prepared issue, up to
-``max_batch`` recipients) and gets back one :class:`Outcome` per recipient. A provider raises
-:class:`TransientError` when the whole call may be retried (connection lost, timeout, 429,
-5xx), and :class:`FatalError` when nothing will work until the user fixes something (bad
-credentials, a refused sender): the campaign stops at once with that message.
+``max_batch`` recipients) and gets back one :class:`Outcome` per recipient. When the call as a
+whole fails, the exception says what the answer proves:
+
+- :class:`TransientError`: a *proven refusal* — the service cannot have accepted the rest of
+  the batch (connection refused, 429, a 5xx whose body is the service's own documented
+  error, an SMTP 4xx before the end of DATA). The engine retries it later.
+- :class:`UnknownOutcome`: the rest of the batch *may* have been accepted (a timeout after
+  the request went out, a connection reset after the body, a 502/504 from a gateway, a 5xx
+  without the service's error body). Never retried, except with an idempotency key the
+  service honours or when the user asks (``--resend-unknown``).
+- :class:`FatalError`: a proven refusal that no retry can cure (bad credentials, a refused
+  sender): the campaign stops at once with that one-line message.
+
+Each adapter writes down, beside its code, which of its service's answers are which.
 """
 
 from __future__ import annotations
@@ -50,6 +60,7 @@ class Outcome:
     status: Status
     provider_id: str | None = None
     reason: str | None = None
+    retry_after: float | None = None  # for "retry": seconds the service asked us to wait
 
 
 class BatchError(ProviderError):
