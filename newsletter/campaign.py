@@ -4,13 +4,22 @@ Starting a campaign writes one delivery row per recipient (active members of the
 every suppressed address) in the same transaction that creates the campaign, and records the
 rendered issue's content hash. From then on the journal, not a counter, says who is done:
 
-- a batch is *claimed* (its rows marked ``sending`` with a batch number) and committed before
-  the provider is called, and its outcomes are written in one transaction after;
-- rows still ``sending`` when a run starts belong to a run that died mid-call: their outcome
-  is unknown. They are resent only when the provider honours idempotency keys (same batch,
-  same key) or when the user asks (``--resend-unknown``);
+- every process sending the campaign is a *worker* with a row of its own and a lease that a
+  thread renews every few seconds, also while the process waits or a call hangs;
+- a batch is *claimed* (its rows marked ``sending`` with the worker's token and a fresh claim
+  token) and committed before the provider is called; its outcomes are written in one
+  transaction after, and only to rows that still carry both tokens. Ownership is fenced,
+  not timed: a worker that lost its claim can change nothing, whatever the clock does;
+- only a proven refusal goes back to the queue, with a not-before time: nobody holds a
+  claim while waiting out a Retry-After or a backoff, and a reader the service refused "for
+  now" is retried in the same run until the retry policy gives up on them (``failed``);
+- rows left ``sending`` by a worker that died (its lease ran out, or its process is gone)
+  turn ``unknown``: the request may have gone out. They are resent only when the provider
+  honours idempotency keys (same claim, same key) or the user asks (``--resend-unknown``);
 - a recipient who left since the freeze is *skipped*, never mailed;
-- one process sends a campaign at a time: a lease on the campaign row, renewed per batch.
+- the campaign is finished only when no reader is queued or in flight. Several workers, on
+  several machines sharing a PostgreSQL database, may send one campaign: claims take rows
+  with ``FOR UPDATE SKIP LOCKED`` there, and one writer at a time on SQLite.
 """
 
 from __future__ import annotations
@@ -30,7 +39,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, and_, case, func, insert, literal, select, update
+from sqlalchemy import (
+    Connection,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 
 from .checks import has_errors, run_checks
@@ -57,21 +78,32 @@ from .providers import (
 )
 from .render import Rendered
 from .store import BulkUpdate, Store
-from .store.schema import campaigns, deliveries, events, lists, memberships, suppressions
+from .store.schema import (
+    campaign_workers,
+    campaigns,
+    deliveries,
+    events,
+    lists,
+    memberships,
+    suppressions,
+)
 from .store.schema import subscribers as subscribers_t
 from .subscribers import audience_select
 from .subscribers import list_id as resolve_list_id
 from .tokens import Signer, sign
 
-LEASE_SECONDS = 60
-RENEW_EVERY = 5.0  # seconds between lease renewals (which also notice a cancel)
-MAX_BATCH_ATTEMPTS = 6  # a batch that keeps failing transiently is put back and the run pauses
+LEASE_SECONDS = 30  # a worker not heard from for this long is taken for dead
+HEARTBEAT_EVERY = 3.0  # seconds between lease renewals (which also notice a cancel)
+POLL = 0.5  # seconds between looks while other workers' batches are in flight
+WAIT_SLICE = 10.0  # longest single wait for readers due later (others may free some sooner)
+MAX_BATCH_ATTEMPTS = 6  # whole batches refused this many times in a row pause the run
 MAX_RECIPIENT_ATTEMPTS = 5  # a recipient refused "for now" this often is failed for good
 BACKOFF_BASE = 1.0
 BACKOFF_CAP = 60.0
 
-# Delivery statuses. queued → sending → sent | failed | queued (retry) | unknown;
-# queued → skipped (left since the freeze) | cancelled.
+# Delivery statuses. queued → sending → sent | failed | queued (refused for now, with a
+# not-before time) | unknown; queued → skipped (left since the freeze) | cancelled;
+# unknown → queued only with --resend-unknown.
 DONE = ("sent", "failed", "skipped", "cancelled")
 
 
@@ -81,10 +113,6 @@ class CampaignError(NewsletterError):
 
 class CampaignExists(CampaignError):
     """A campaign for this issue and list exists already."""
-
-
-class CampaignBusy(CampaignError):
-    """Another process is sending this campaign right now."""
 
 
 class ContentChanged(CampaignError):
@@ -316,20 +344,145 @@ def accept_content(store: Store, campaign: CampaignRow, rendered: Rendered) -> N
         )
 
 
-def cancel(store: Store, campaign: CampaignRow) -> int:
-    """Stop a campaign for good; returns how many queued recipients will not get it."""
+# ---------------------------------------------------------------------------------------------
+# Senders: who is sending a campaign now
+
+
+@dataclass(frozen=True, slots=True)
+class Worker:
+    """A process sending a campaign (from ``campaign_workers``)."""
+
+    token: str
+    host: str
+    pid: int
+    sent: int
+    started_at: dt.datetime
+    last_seen: dt.datetime
+    expires: dt.datetime
+
+    @property
+    def name(self) -> str:
+        return f"{self.host}:{self.pid}"
+
+    def alive(self, now: dt.datetime | None = None) -> bool:
+        """Unexpired, and (on this machine) its process still running."""
+        if self.expires <= (now or utcnow()):
+            return False
+        return _process_alive(self.host, self.pid)
+
+
+def _process_alive(host: str, pid: int) -> bool:
+    if host != socket.gethostname():
+        return True  # another machine: trust the lease's expiry
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _workers(conn: Connection, campaign_id: int) -> list[Worker]:
+    return [
+        Worker(r.token, r.host, r.pid, r.sent, r.started_at, r.last_seen, r.expires)
+        for r in conn.execute(
+            select(campaign_workers.c.token, campaign_workers.c.host, campaign_workers.c.pid,
+                   campaign_workers.c.sent, campaign_workers.c.started_at,
+                   campaign_workers.c.last_seen, campaign_workers.c.expires)
+            .where(campaign_workers.c.campaign_id == campaign_id)
+            .order_by(campaign_workers.c.id)
+        )
+    ]
+
+
+def live_workers(store: Store, campaign_id: int) -> list[Worker]:
+    """The processes sending ``campaign_id`` right now."""
+    now = utcnow()
+    with store.read() as conn:
+        return [w for w in _workers(conn, campaign_id) if w.alive(now)]
+
+
+def running_campaigns(store: Store) -> set[int]:
+    """Ids of the campaigns some live process is sending."""
+    now = utcnow()
+    with store.read() as conn:
+        rows = conn.execute(
+            select(campaign_workers.c.campaign_id, campaign_workers.c.host, campaign_workers.c.pid,
+                   campaign_workers.c.expires)
+        ).all()
+    return {r.campaign_id for r in rows if r.expires > now and _process_alive(r.host, r.pid)}
+
+
+def state(store: Store, campaign: CampaignRow) -> str:
+    """What a person should read for a campaign's status: ``sending`` only while some
+    process is; a campaign whose senders all died is ``interrupted``."""
+    if campaign.status == "sending" and not live_workers(store, campaign.id):
+        return "interrupted"
+    return campaign.status
+
+
+def _reap(conn: Connection, campaign_id: int, keep: str | None = None) -> list[str]:
+    """Settle the rows left in flight by senders that are gone: ``unknown`` (the request may
+    have gone out), their sender's row removed. Returns the claims left behind, for a
+    sender that may resend them under the same idempotency key; ``keep`` is the caller."""
+    now = utcnow()
+    everyone = _workers(conn, campaign_id)
+    live = [w.token for w in everyone if w.token == keep or w.alive(now)]
+    dead = [w.token for w in everyone if w.token not in live]
+    orphaned = and_(
+        deliveries.c.campaign_id == campaign_id, deliveries.c.status == "sending",
+        or_(deliveries.c.worker.is_(None), deliveries.c.worker.not_in(live)) if live else literal(True),
+    )
+    claims = list(conn.execute(select(deliveries.c.claim).where(orphaned).distinct()).scalars())
+    if claims:
+        conn.execute(
+            update(deliveries).where(orphaned).values(
+                status="unknown", reason="the sending process stopped mid-call", updated_at=now)
+        )
+    if dead:
+        conn.execute(delete(campaign_workers).where(campaign_workers.c.token.in_(dead)))
+    return [c for c in claims if c]
+
+
+# ---------------------------------------------------------------------------------------------
+# Cancelling
+
+
+@dataclass
+class Cancelled:
+    """What a cancel left: the journal's counts once the batches in flight had answered,
+    and how many were still in flight when it stopped waiting."""
+
+    counts: Counts
+    cancelled: int
+    in_flight: int
+
+
+def cancel(store: Store, campaign: CampaignRow, wait: float = 30.0,
+           sleep: Callable[[float], None] = time.sleep) -> Cancelled:
+    """Stop a campaign for good: no reader still queued gets it. Batches already handed to
+    the service are not recalled; this waits (up to ``wait`` seconds) for their answers, so
+    the figures say what the service received."""
     now = utcnow()
     with store.write() as conn:
         n = conn.execute(
             update(deliveries)
-            .where(deliveries.c.campaign_id == campaign.id, deliveries.c.status.in_(("queued", "unknown")))
-            .values(status="cancelled", reason="campaign cancelled", updated_at=now)
+            .where(deliveries.c.campaign_id == campaign.id, deliveries.c.status == "queued")
+            .values(status="cancelled", reason="campaign cancelled", not_before=None, updated_at=now)
         ).rowcount
         conn.execute(
             update(campaigns).where(campaigns.c.id == campaign.id)
             .values(status="cancelled", finished_at=now, updated_at=now)
         )
-    return n
+    deadline = time.monotonic() + wait
+    while True:
+        with store.write() as conn:
+            _reap(conn, campaign.id)
+        c = counts(store, campaign.id)
+        if not c["sending"] or time.monotonic() >= deadline:
+            return Cancelled(c, n, c["sending"])
+        sleep(POLL)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -338,7 +491,8 @@ def cancel(store: Store, campaign: CampaignRow) -> int:
 
 @dataclass
 class Progress:
-    """What a run reports after every batch; ``done`` counts finished recipients."""
+    """What a run reports after every batch; ``done`` counts finished recipients (by every
+    sender of the campaign), ``sent_now`` those this run sent."""
 
     total: int
     done: int
@@ -346,12 +500,14 @@ class Progress:
     failed: int = 0
     skipped: int = 0
     unknown: int = 0
+    sent_now: int = 0
     started: float = field(default_factory=time.monotonic)
 
     @property
     def rate(self) -> float:
+        """Messages per second sent by this run (earlier runs do not count)."""
         elapsed = time.monotonic() - self.started
-        return self.sent / elapsed if elapsed > 0 else 0.0
+        return self.sent_now / elapsed if elapsed > 0 else 0.0
 
 
 @dataclass
@@ -396,89 +552,33 @@ def _signals(flag: _StopFlag) -> Iterator[None]:
             signal.signal(sig, old)
 
 
-def _owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _owner_alive(owner: str) -> bool:
-    host, _, pid = owner.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return True  # another machine: trust the lease's expiry
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def lease_alive(owner: str | None, expires: dt.datetime | None, now: dt.datetime | None = None) -> bool:
-    """Whether a lease still holds: unexpired, and (on this machine) its process alive."""
-    if not owner or expires is None or expires <= (now or utcnow()):
-        return False
-    return _owner_alive(owner)
-
-
-def _acquire(store: Store, campaign_id: int) -> str:
-    owner = _owner()
-    now = utcnow()
-    with store.write() as conn:
-        # FOR UPDATE: on PostgreSQL a second process asking at the same moment waits here and
-        # then sees this one's lease, instead of overwriting it (SQLite's write lock does this).
-        row = conn.execute(
-            select(campaigns.c.lease_owner, campaigns.c.lease_expires)
-            .where(campaigns.c.id == campaign_id).with_for_update()
-        ).one()
-        if row.lease_owner != owner and lease_alive(row.lease_owner, row.lease_expires, now):
-            raise CampaignBusy(
-                f"another process ({row.lease_owner}) is sending this campaign; wait for it to "
-                "finish, or run `newsletter status` to follow it"
-            )
-        conn.execute(
-            update(campaigns).where(campaigns.c.id == campaign_id).values(
-                lease_owner=owner, lease_expires=now + dt.timedelta(seconds=LEASE_SECONDS)
-            )
-        )
-    return owner
-
-
-def _renew(conn: Connection, campaign_id: int, owner: str) -> str:
-    """Extend the lease; returns the campaign's status (the user may have cancelled it)."""
-    conn.execute(
-        update(campaigns).where(campaigns.c.id == campaign_id, campaigns.c.lease_owner == owner).values(
-            lease_expires=utcnow() + dt.timedelta(seconds=LEASE_SECONDS)
-        )
-    )
-    return conn.execute(select(campaigns.c.status).where(campaigns.c.id == campaign_id)).scalar_one()
-
-
-def _release(store: Store, campaign_id: int, owner: str, **values: Any) -> None:
-    """Give the lease back and record how the run ended; a cancel made meanwhile stands."""
-    with store.write() as conn:
-        current = conn.execute(select(campaigns.c.status).where(campaigns.c.id == campaign_id)).scalar_one()
-        if current == "cancelled":
-            values.pop("status", None)
-        conn.execute(
-            update(campaigns).where(campaigns.c.id == campaign_id, campaigns.c.lease_owner == owner)
-            .values(lease_owner=None, lease_expires=None, updated_at=utcnow(), **values)
-        )
-
-
 @dataclass
 class _Claimed:
-    number: int
+    claim: str
     envelopes: list[Envelope]
     attempts: dict[int, int]
 
 
+def _backoff(attempt: int) -> float:
+    """Seconds before try ``attempt + 1``: exponential, capped, with jitter."""
+    delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** max(0, attempt - 1))
+    return delay * (0.5 + random.random() / 2)
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 class Sender:
-    """One run of one campaign: claims batches, sends them in parallel, journals outcomes."""
+    """One process's share of one campaign: joins it as a worker, claims batches (fenced by
+    the claim token), sends them in parallel, journals outcomes, and stays until no reader
+    is queued or in flight, or until it is stopped."""
 
     def __init__(self, config: Config, store: Store, campaign: CampaignRow, rendered: Rendered,
                  provider: Provider, *, resend_unknown: bool = False,
                  on_progress: Callable[[Progress], None] | None = None,
-                 sleep: Callable[[float], None] = time.sleep,
+                 sleep: Callable[[float], Any] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.store = store
@@ -487,7 +587,9 @@ class Sender:
         self.template = MessageTemplate(config, rendered, campaign.list_name)
         self.resend_unknown = resend_unknown
         self.on_progress = on_progress or (lambda p: None)
-        self.sleep = sleep
+        self.stop = _StopFlag()
+        # Waiting ends early when the run is asked to stop.
+        self.sleep = sleep or self.stop.event.wait
         self.clock = clock
         secret = config.secret("NEWSLETTER_SECRET")
         if not secret:
@@ -498,44 +600,129 @@ class Sender:
         self.secret = secret
         self.signer = Signer(secret, "unsubscribe")
         self.batch_size = provider.batch_size
-        self.stop = _StopFlag()
         self.rate = config.provider.rate_limit
         self._next_slot = 0.0
+        self.token = os.urandom(8).hex()
+        self._seq = 0
+        # Not-before times are wall-clock (other senders read them) but advance with
+        # ``clock``, so a test's clock moves them too.
+        self._wall0, self._clock0 = utcnow(), clock()
+        self._hold_until: dt.datetime | None = None  # after a refused batch: no claims until then
+        self._refused_in_a_row = 0
+        self._refreshed = 0.0
+
+    def _now(self) -> dt.datetime:
+        return self._wall0 + dt.timedelta(seconds=self.clock() - self._clock0)
+
+    # -- joining and leaving ---------------------------------------------------------------
+
+    def _join(self) -> None:
+        now = utcnow()
+        with self.store.write() as conn:
+            status = conn.execute(
+                select(campaigns.c.status).where(campaigns.c.id == self.campaign.id).with_for_update()
+            ).scalar_one()
+            if status == "cancelled":
+                raise CampaignError(f"the campaign for {self.campaign.issue} was cancelled; nothing more is sent")
+            conn.execute(insert(campaign_workers).values(
+                campaign_id=self.campaign.id, token=self.token, host=socket.gethostname(),
+                pid=os.getpid(), sent=0, started_at=now, last_seen=now,
+                expires=now + dt.timedelta(seconds=LEASE_SECONDS),
+            ))
+            conn.execute(update(campaigns).where(campaigns.c.id == self.campaign.id).values(
+                status="sending", finished_at=None, updated_at=now))
+
+    def _heartbeat(self, done: threading.Event) -> None:
+        """Renews this sender's lease every few seconds, also while it waits or a call
+        hangs; notices a cancel, a pause by another sender, or a lease taken away."""
+        while not done.wait(HEARTBEAT_EVERY):
+            try:
+                now = utcnow()
+                with self.store.write() as conn:
+                    mine = conn.execute(
+                        update(campaign_workers).where(campaign_workers.c.token == self.token)
+                        .values(last_seen=now, expires=now + dt.timedelta(seconds=LEASE_SECONDS),
+                                sent=self.progress.sent_now)
+                    ).rowcount
+                    status, why = conn.execute(
+                        select(campaigns.c.status, campaigns.c.last_error)
+                        .where(campaigns.c.id == self.campaign.id)
+                    ).one()
+            except NewsletterError:
+                continue  # the database is away for now; the lease says how long that may last
+            if not mine:
+                self.stop.set("this sender was taken for dead (its lease ran out); run the command again")
+            elif status == "cancelled":
+                self.stop.set("cancelled")
+            elif status == "paused":
+                self.stop.set(why or "paused by another sender")
+
+    def _leave(self, fatal: str | None, paused: str | None) -> RunResult:
+        """Remove this sender and settle the campaign's status: finished when no reader is
+        queued or in flight; paused when the run stopped and nobody else is sending."""
+        now = utcnow()
+        why = fatal or paused or self.stop.why or ""
+        with self.store.write() as conn:
+            conn.execute(delete(campaign_workers).where(campaign_workers.c.token == self.token))
+            others = [w for w in _workers(conn, self.campaign.id) if w.alive(now)]
+            if not others:
+                _reap(conn, self.campaign.id)
+            status = conn.execute(
+                select(campaigns.c.status).where(campaigns.c.id == self.campaign.id).with_for_update()
+            ).scalar_one()
+            open_rows = conn.execute(
+                select(func.count()).where(deliveries.c.campaign_id == self.campaign.id,
+                                           deliveries.c.status.in_(("queued", "sending")))
+            ).scalar_one()
+            finished = False
+            if status == "cancelled":
+                values: dict[str, Any] = {}
+            elif not open_rows:
+                values = {"status": "finished", "finished_at": now, "last_error": ""}
+                finished = True
+            elif fatal or paused or not others:
+                values = {"status": "paused", "last_error": why}
+            else:
+                values = {}  # the others go on
+            if values:
+                conn.execute(update(campaigns).where(campaigns.c.id == self.campaign.id)
+                             .values(updated_at=now, **values))
+        final = counts(self.store, self.campaign.id)
+        if status == "cancelled":
+            why = "cancelled"
+        return RunResult(self.campaign, final, finished=finished, stopped_reason=None if finished else why)
 
     # -- journal -------------------------------------------------------------------------
 
     def _recover(self) -> list[_Claimed]:
-        """Rows left ``sending`` by a run that died: resent as the same batches when the
-        provider is idempotent, otherwise marked unknown. Unknown rows go back to the queue
-        when the user asked for it."""
+        """Rows left in flight by senders that died turn ``unknown``; when the provider
+        honours idempotency keys they are resent instead, as the same batches under the same
+        keys. Unknown rows go back to the queue when the user asked for it."""
         now = utcnow()
         again: list[_Claimed] = []
         with self.store.write() as conn:
-            stranded = conn.execute(
-                select(deliveries.c.id, deliveries.c.batch).where(
-                    deliveries.c.campaign_id == self.campaign.id, deliveries.c.status == "sending"
-                ).order_by(deliveries.c.id)
-            ).all()
-            if stranded and not self.provider.idempotent:
-                conn.execute(
-                    update(deliveries).where(
-                        deliveries.c.campaign_id == self.campaign.id, deliveries.c.status == "sending"
-                    ).values(status="unknown", reason="the sending process stopped mid-call", updated_at=now)
-                )
+            claims = _reap(conn, self.campaign.id, keep=self.token)
+            if self.provider.idempotent:
+                for claim in sorted(claims):
+                    conn.execute(
+                        update(deliveries).where(
+                            deliveries.c.campaign_id == self.campaign.id, deliveries.c.claim == claim,
+                            deliveries.c.status == "unknown")
+                        .values(status="sending", worker=self.token, reason=None, updated_at=now)
+                    )
+                    again.append(self._envelopes(conn, claim))
             if self.resend_unknown:
                 conn.execute(
                     update(deliveries).where(
                         deliveries.c.campaign_id == self.campaign.id, deliveries.c.status == "unknown"
-                    ).values(status="queued", reason=None, updated_at=now)
+                    ).values(status="queued", reason=None, worker=None, claim=None, not_before=None,
+                             updated_at=now)
                 )
-            if stranded and self.provider.idempotent:
-                for number in sorted({row.batch for row in stranded}):
-                    again.append(self._envelopes(conn, number))
         return [c for c in again if c.envelopes]
 
-    def _envelopes(self, conn: Connection, number: int) -> _Claimed:
-        """Envelopes for the rows claimed as batch ``number``; rows whose reader left since
-        the freeze are skipped, and addresses no message can carry fail here."""
+    def _envelopes(self, conn: Connection, claim: str) -> _Claimed:
+        """Envelopes for the rows of ``claim``; rows whose reader left since the freeze are
+        skipped, and addresses no message can carry fail here."""
         c = self.campaign
         active = and_(memberships.c.status == "active", suppressions.c.email_hash.is_(None))
         rows = conn.execute(
@@ -551,8 +738,8 @@ class Sender:
                                              memberships.c.list_id == c.list_id))
                 .outerjoin(suppressions, suppressions.c.email_hash == subscribers_t.c.email_hash)
             )
-            .where(deliveries.c.campaign_id == c.id, deliveries.c.status == "sending",
-                   deliveries.c.batch == number)
+            .where(deliveries.c.claim == claim, deliveries.c.worker == self.token,
+                   deliveries.c.status == "sending")
             .order_by(deliveries.c.id)
         ).all()
         envelopes, attempts, skipped, refused = [], {}, [], []
@@ -579,12 +766,10 @@ class Sender:
             self._close_rows(conn, "skipped", skipped)
         if refused:
             self._close_rows(conn, "failed", refused)
-        return _Claimed(number=number, envelopes=envelopes, attempts=attempts)
+        return _Claimed(claim=claim, envelopes=envelopes, attempts=attempts)
 
     def _close_rows(self, conn: Connection, status: str, rows: list[dict]) -> None:
         """Rows settled without a provider call: skipped, or failed before sending."""
-        from sqlalchemy import bindparam
-
         conn.execute(
             update(deliveries).where(deliveries.c.id == bindparam("i"))
             .values(status=status, reason=bindparam("r"), updated_at=utcnow()),
@@ -597,68 +782,115 @@ class Sender:
         self.progress.done += len(rows)
 
     def _claim(self) -> _Claimed | None:
-        """Mark the next queued rows ``sending`` under a new batch number, and commit."""
+        """Take the next due queued rows under a new claim, and commit. Concurrent senders
+        skip each other's locked rows (PostgreSQL) or wait their turn (SQLite)."""
+        now = self._now()
         with self.store.write() as conn:
-            if time.monotonic() >= self._renew_at:
-                self._renew_at = time.monotonic() + RENEW_EVERY
-                if _renew(conn, self.campaign.id, self.owner) == "cancelled":
-                    self.stop.set("cancelled")
-                    return None
-            number = self._batch_number + 1
-            next_rows = (
-                select(deliveries.c.id)
-                .where(deliveries.c.campaign_id == self.campaign.id, deliveries.c.status == "queued")
-                .order_by(deliveries.c.id).limit(self.batch_size).scalar_subquery()
-            )
-            claimed = conn.execute(
-                update(deliveries).where(deliveries.c.id.in_(next_rows))
-                .values(status="sending", batch=number, updated_at=utcnow())
-            ).rowcount
-            if not claimed:
+            mine = conn.execute(
+                select(campaign_workers.c.id).where(campaign_workers.c.token == self.token).with_for_update()
+            ).first()
+            status, why = conn.execute(
+                select(campaigns.c.status, campaigns.c.last_error).where(campaigns.c.id == self.campaign.id)
+            ).one()
+            if mine is None:
+                self.stop.set("this sender was taken for dead (its lease ran out); run the command again")
                 return None
-            self._batch_number = number
-            return self._envelopes(conn, number)
+            if status == "cancelled":
+                self.stop.set("cancelled")
+                return None
+            if status == "paused":
+                self.stop.set(why or "paused by another sender")
+                return None
+            self._seq += 1
+            claim = f"{self.token}.{self._seq}"
+            # Two statements, not UPDATE … WHERE id IN (SELECT … LIMIT … FOR UPDATE SKIP
+            # LOCKED): PostgreSQL may run such a subquery more than once and take more rows.
+            due = list(conn.execute(
+                select(deliveries.c.id)
+                .where(deliveries.c.campaign_id == self.campaign.id, deliveries.c.status == "queued",
+                       or_(deliveries.c.not_before.is_(None), deliveries.c.not_before <= now))
+                .order_by(deliveries.c.id).limit(self.batch_size)
+                .with_for_update(skip_locked=True)
+            ).scalars())
+            if not due:
+                return None
+            conn.execute(
+                update(deliveries)
+                .where(deliveries.c.id.in_(due), deliveries.c.status == "queued")
+                .values(status="sending", worker=self.token, claim=claim, not_before=None,
+                        updated_at=utcnow())
+            )
+            return self._envelopes(conn, claim)
 
-    def _record(self, claimed: _Claimed, outcomes: list[Outcome], rest: str | None, rest_reason: str) -> None:
-        """Write a batch's outcomes in one transaction. ``rest`` is the status for recipients
-        the outcomes do not cover (queued, unknown)."""
+    def _record(self, claimed: _Claimed, outcomes: list[Outcome], rest: str | None, rest_reason: str,
+                not_before: dt.datetime | None = None) -> None:
+        """Write a batch's outcomes in one transaction, only for the rows this sender still
+        holds under this claim (or that were turned ``unknown`` meanwhile: the answer that
+        came is better than a guess). ``rest`` is the status for recipients the outcomes do
+        not cover (queued, unknown); queued ones wait until ``not_before``."""
+        now = self._now()
         covered = {o.key for o in outcomes}
         rows: dict[str, list[dict]] = {}
+
+        def row(key: int, status: str, reason: str | None, attempts: int, provider_id=None,
+                wait: dt.datetime | None = None) -> None:
+            held = status == "queued"
+            rows.setdefault(status, []).append({
+                "id": key, "status": status, "provider_id": provider_id, "reason": reason,
+                "attempts": attempts, "not_before": wait if held else None,
+                "worker": None if held else self.token, "claim": None if held else claimed.claim,
+            })
+
         for o in outcomes:
             attempts = claimed.attempts.get(o.key, 0) + 1
-            status, reason = o.status, o.reason
-            if status == "retry":
+            if o.status == "retry":
                 if attempts >= MAX_RECIPIENT_ATTEMPTS:
-                    status, reason = "failed", f"gave up after {attempts} tries: {o.reason}"
+                    row(o.key, "failed", f"gave up after {attempts} tries: {o.reason}", attempts)
                 else:
-                    status = "queued"
-            rows.setdefault(status, []).append(
-                {"id": o.key, "status": status, "provider_id": o.provider_id, "reason": reason,
-                 "attempts": attempts}
-            )
+                    wait = max(_backoff(attempts), o.retry_after or 0.0)
+                    row(o.key, "queued", f"try {attempts} refused for now: {o.reason}", attempts,
+                        wait=now + dt.timedelta(seconds=wait))
+            else:
+                row(o.key, o.status, o.reason, attempts, o.provider_id)
         if rest:
             for env in claimed.envelopes:
                 if env.key not in covered:
-                    rows.setdefault(rest, []).append(
-                        {"id": env.key, "status": rest, "provider_id": None, "reason": rest_reason,
-                         "attempts": claimed.attempts.get(env.key, 0)}
-                    )
+                    row(env.key, rest, rest_reason, claimed.attempts.get(env.key, 0), wait=not_before)
         with self.store.write() as conn:
-            write = BulkUpdate(conn, deliveries, "id", ["status", "provider_id", "reason", "attempts"],
+            held = set(conn.execute(
+                select(deliveries.c.id).where(
+                    deliveries.c.claim == claimed.claim, deliveries.c.worker == self.token,
+                    deliveries.c.status.in_(("sending", "unknown")))
+                .with_for_update()
+            ).scalars())
+            write = BulkUpdate(conn, deliveries, "id",
+                               ["status", "provider_id", "reason", "attempts", "not_before", "worker", "claim"],
                                {"updated_at": utcnow()})
-            for params in rows.values():
-                write(conn, params)
+            for status in rows:
+                rows[status] = [r for r in rows[status] if r["id"] in held]
+                write(conn, rows[status])
         p = self.progress
         for status, params in rows.items():
             n = len(params)
             if status == "sent":
                 p.sent += n
+                p.sent_now += n
             elif status == "failed":
                 p.failed += n
             elif status == "unknown":
                 p.unknown += n
             if status in DONE:
                 p.done += n
+
+    def _refresh(self) -> None:
+        """The figures of every sender of the campaign, at most once a second."""
+        if time.monotonic() - self._refreshed < 1.0:
+            return
+        self._refreshed = time.monotonic()
+        c = counts(self.store, self.campaign.id)
+        p = self.progress
+        p.done, p.sent, p.failed, p.skipped = c.done, c["sent"], c["failed"], c["skipped"]
+        p.unknown = c["unknown"]
 
     # -- provider calls ------------------------------------------------------------------
 
@@ -673,109 +905,148 @@ class Sender:
         self._next_slot = now + n / self.rate
 
     def _send(self, claimed: _Claimed) -> list[Outcome]:
-        """Call the provider, retrying transient failures with backoff and jitter."""
-        batch = Batch(self.template, claimed.envelopes, f"{self.campaign.uid}-{claimed.number}",
+        """Call the provider once. Only where the service honours the batch's idempotency
+        key is an unknown outcome tried again at once (the same key drops a second copy);
+        every other failure goes back to the run, which decides."""
+        batch = Batch(self.template, claimed.envelopes, f"{self.campaign.uid}-{claimed.claim}",
                       label=f"{self.campaign.id}-{self.campaign.issue}")
         done: list[Outcome] = []
         for attempt in range(1, MAX_BATCH_ATTEMPTS + 1):
             try:
                 return done + self.provider.send_batch(batch)
-            except TransientError as exc:
-                done += exc.partial
-                covered = {o.key for o in exc.partial}
-                batch = Batch(self.template, [e for e in batch.envelopes if e.key not in covered],
-                              batch.idempotency_key, batch.label)
-                if attempt == MAX_BATCH_ATTEMPTS or self.stop or not batch.envelopes:
-                    exc.partial = done
-                    raise
-                delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (attempt - 1))
-                delay = delay * (0.5 + random.random() / 2)
-                if exc.retry_after is not None:
-                    delay = max(delay, exc.retry_after)
-                self.sleep(delay)
             except UnknownOutcome as exc:
                 done += exc.partial
-                if self.provider.idempotent and attempt < MAX_BATCH_ATTEMPTS:
-                    # The same key makes the service drop a copy it already accepted.
+                if self.provider.idempotent and attempt < MAX_BATCH_ATTEMPTS and not self.stop:
                     covered = {o.key for o in exc.partial}
                     batch = Batch(self.template, [e for e in batch.envelopes if e.key not in covered],
                                   batch.idempotency_key, batch.label)
-                    self.sleep(min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (attempt - 1)))
+                    self.sleep(_backoff(attempt))  # the claim stays ours: the heartbeat renews it
                     continue
                 exc.partial = done
                 raise
             except BatchError as exc:
                 exc.partial = done + exc.partial
                 raise
+            except Exception as exc:  # a fault in the adapter: the request may have gone out
+                raise UnknownOutcome(
+                    f"{self.provider.name}: unexpected {type(exc).__name__}: {_one_line(str(exc), 200)}",
+                    partial=done,
+                ) from exc
         raise AssertionError("unreachable")
+
+    def _settle(self, claimed: _Claimed, future: Future) -> tuple[str | None, str | None]:
+        """Journal a finished call; returns (fatal, paused) reasons when the run must stop."""
+        try:
+            self._record(claimed, future.result(), None, "")
+            self._refused_in_a_row = 0
+        except FatalError as exc:
+            self._record(claimed, exc.partial, "queued", "not sent: the campaign stopped")
+            return _one_line(str(exc)), None
+        except TransientError as exc:
+            # A proven refusal: nobody holds these readers while we wait; they go back to
+            # the queue, due again after the backoff (or the service's Retry-After).
+            self._refused_in_a_row += 1
+            wait = max(_backoff(self._refused_in_a_row), exc.retry_after or 0.0)
+            until = self._now() + dt.timedelta(seconds=wait)
+            self._hold_until = max(self._hold_until or until, until)
+            self._record(claimed, exc.partial, "queued", f"not sent yet: {_one_line(str(exc))}", until)
+            if self._refused_in_a_row >= MAX_BATCH_ATTEMPTS:
+                return None, _one_line(str(exc))
+        except UnknownOutcome as exc:
+            self._record(claimed, exc.partial, "unknown", _one_line(str(exc)))
+            if exc.__cause__ is not None:  # the adapter failed in a way nobody foresaw
+                return _one_line(str(exc)), None
+        except BatchError as exc:
+            self._record(claimed, exc.partial, "queued", _one_line(str(exc)))
+            return _one_line(str(exc)), None
+        return None, None
+
+    def _next_due(self) -> tuple[dt.datetime | None, bool]:
+        """(when the earliest queued reader is due, None when none is queued; whether some
+        sender still has rows in flight). Rows of senders that died are settled first."""
+        with self.store.write() as conn:
+            _reap(conn, self.campaign.id, keep=self.token)
+            queued, waiting, earliest = conn.execute(
+                select(func.count(), func.count(deliveries.c.not_before), func.min(deliveries.c.not_before))
+                .where(deliveries.c.campaign_id == self.campaign.id, deliveries.c.status == "queued")
+            ).one()
+            in_flight = conn.execute(
+                select(func.count()).where(deliveries.c.campaign_id == self.campaign.id,
+                                           deliveries.c.status == "sending")
+            ).scalar_one()
+        if not queued:
+            return None, bool(in_flight)
+        return (self._now() if waiting < queued else earliest), bool(in_flight)
 
     # -- the run -------------------------------------------------------------------------
 
     def run(self) -> RunResult:
-        self.owner = _acquire(self.store, self.campaign.id)
-        self._renew_at = time.monotonic() + RENEW_EVERY
-        with self.store.read() as conn:  # batch numbers go on from the last run's
-            self._batch_number = conn.execute(
-                select(func.coalesce(func.max(deliveries.c.batch), 0))
-                .where(deliveries.c.campaign_id == self.campaign.id)
-            ).scalar_one()
+        self._join()
         c = counts(self.store, self.campaign.id)
         self.progress = Progress(total=c.total, done=c.done, sent=c["sent"], failed=c["failed"],
                                  skipped=c["skipped"], unknown=c["unknown"])
-        fatal: BatchError | None = None
+        beat_done = threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(beat_done,), daemon=True,
+                                name=f"heartbeat-{self.campaign.id}")
+        beat.start()
+        fatal: str | None = None
         paused: str | None = None
         workers = max(1, self.provider.concurrency)
         try:
             with _signals(self.stop), ThreadPoolExecutor(max_workers=workers) as pool:
                 pending: list[_Claimed] = self._recover()
                 in_flight: dict[Future, _Claimed] = {}
-                exhausted = False
                 while True:
                     while not self.stop and not fatal and not paused and len(in_flight) < workers:
-                        claimed = pending.pop(0) if pending else (None if exhausted else self._claim())
+                        if pending:
+                            claimed: _Claimed | None = pending.pop(0)
+                        elif self._hold_until and self._now() < self._hold_until:
+                            break
+                        else:
+                            claimed = self._claim()
                         if claimed is None:
-                            exhausted = True
                             break
                         if not claimed.envelopes:
                             self.on_progress(self.progress)
                             continue
                         self._throttle(len(claimed.envelopes))
                         in_flight[pool.submit(self._send, claimed)] = claimed
-                    if not in_flight:
+                    if in_flight:
+                        finished, _ = wait(in_flight, timeout=POLL, return_when=FIRST_COMPLETED)
+                        for future in finished:
+                            f, p = self._settle(in_flight.pop(future), future)
+                            fatal, paused = fatal or f, paused or p
+                            self._refresh()
+                            self.on_progress(self.progress)
+                        continue
+                    if self.stop or fatal or paused:
                         break
-                    finished, _ = wait(in_flight, timeout=0.5, return_when=FIRST_COMPLETED)
-                    for future in finished:
-                        claimed = in_flight.pop(future)
-                        try:
-                            self._record(claimed, future.result(), None, "")
-                        except FatalError as exc:
-                            self._record(claimed, exc.partial, "queued", "not sent: the campaign stopped")
-                            fatal = fatal or exc
-                        except TransientError as exc:
-                            self._record(claimed, exc.partial, "queued", f"not sent yet: {exc}")
-                            paused = paused or str(exc)
-                        except UnknownOutcome as exc:
-                            self._record(claimed, exc.partial, "unknown", str(exc))
-                        except BatchError as exc:
-                            self._record(claimed, exc.partial, "queued", str(exc))
-                            fatal = fatal or FatalError(str(exc))
-                        self.on_progress(self.progress)
+                    # Nothing of ours in flight and nothing to claim now: wait for readers the
+                    # service asked us to try later, and for other senders' batches.
+                    due, others_busy = self._next_due()
+                    if due is None and not others_busy:
+                        break
+                    pause = POLL
+                    if due is not None:
+                        until = max(due, self._hold_until or due)
+                        pause = min(WAIT_SLICE, max(0.0, (until - self._now()).total_seconds()))
+                        if others_busy:
+                            pause = min(pause, POLL)
+                    if pause > 0:
+                        self.sleep(pause)
+                    self._refresh()
         finally:
+            beat_done.set()
+            beat.join()
             self.provider.close()
-        final = counts(self.store, self.campaign.id)
-        remaining = final["queued"] + final["sending"]
-        if fatal or paused or (self.stop and remaining):
-            why = str(fatal) if fatal else paused if paused else self.stop.why
-            status = "cancelled" if self.stop.why == "cancelled" else "paused"
-            _release(self.store, self.campaign.id, self.owner, status=status, last_error=why or "")
-            return RunResult(self.campaign, final, finished=False, stopped_reason=why)
-        _release(self.store, self.campaign.id, self.owner, status="finished", finished_at=utcnow(), last_error="")
-        return RunResult(self.campaign, final, finished=True)
+        return self._leave(fatal, paused)
 
 
 def send_campaign(config: Config, store: Store, campaign: CampaignRow, rendered: Rendered,
                   provider: Provider | None = None, **options: Any) -> RunResult:
-    """Send (or resume) ``campaign``; the rendered issue must be the one it froze."""
+    """Send (or resume, or join) ``campaign``; the rendered issue must be the one it froze.
+    Several processes, on several machines sharing a PostgreSQL database, may run this for
+    the same campaign at once: each reader is still mailed at most once."""
     check_content(campaign, rendered)
     if campaign.status == "cancelled":
         raise CampaignError(f"the campaign for {campaign.issue} was cancelled; nothing more is sent")
@@ -785,7 +1056,6 @@ def send_campaign(config: Config, store: Store, campaign: CampaignRow, rendered:
         raise CampaignError(f"the campaign for {campaign.issue} is finished; nothing to send")
     provider = provider or get_provider(config)
     return Sender(config, store, campaign, rendered, provider, **options).run()
-
 
 # ---------------------------------------------------------------------------------------------
 # Test sends

@@ -5,7 +5,9 @@ in git. The database records what came of it: the campaigns (what was sent) and,
 what the last tick found (``schedule_outcomes``: failed checks, a missed slot). An issue is
 *due* when its ``send_at`` has passed and its campaign has not finished. A tick sends every
 due issue, or resumes its interrupted campaign; the campaign's unique (issue, list) row and
-its lease make that happen exactly once, however many ticks run at the same moment.
+the fenced claims of its journal make that happen exactly once, however many ticks run at
+the same moment: a tick leaves a campaign another process is sending to it, and two ticks
+that start one together share it.
 
 Times are wall-clock times in the newsletter's time zone: 09:00 Europe/Oslo is 09:00 local on
 both sides of a daylight-saving change, and a ``send_at`` without an offset is read in that
@@ -364,7 +366,7 @@ class CampaignState:
     list_name: str
     status: str  # sending | paused | finished | cancelled
     total: int
-    running: bool  # a live process holds its lease right now
+    running: bool  # some live process is sending it right now
     last_error: str
     created_at: dt.datetime
     finished_at: dt.datetime | None
@@ -391,14 +393,14 @@ def campaign_states(store: Store) -> dict[tuple[str, str], CampaignState]:
     """Every campaign by (issue, list name), with whether a process is sending it now."""
     from sqlalchemy import select
 
-    from .campaign import lease_alive, utcnow
+    from .campaign import running_campaigns
     from .store.schema import campaigns, lists
 
-    now = utcnow()
+    running = running_campaigns(store)
     with store.read() as conn:
         rows = conn.execute(
             select(campaigns.c.id, campaigns.c.issue, lists.c.name, campaigns.c.status,
-                   campaigns.c.total, campaigns.c.lease_owner, campaigns.c.lease_expires,
+                   campaigns.c.total,
                    campaigns.c.last_error, campaigns.c.created_at, campaigns.c.finished_at)
             .select_from(campaigns.join(lists, lists.c.id == campaigns.c.list_id))
             .order_by(campaigns.c.id)
@@ -406,7 +408,7 @@ def campaign_states(store: Store) -> dict[tuple[str, str], CampaignState]:
     return {
         (r.issue, r.name): CampaignState(
             id=r.id, issue=r.issue, list_name=r.name, status=r.status, total=r.total,
-            running=r.status in ("sending", "paused") and lease_alive(r.lease_owner, r.lease_expires, now),
+            running=r.id in running,
             last_error=r.last_error or "", created_at=r.created_at, finished_at=r.finished_at,
         )
         for r in rows
@@ -844,10 +846,7 @@ def _tick_one(config: Config, store: Store, planned: Planned, campaign: Campaign
             if row is None or row.status in ("finished", "cancelled"):
                 return None  # finished by another process a moment ago
             provider = (provider_factory or get_provider)(config)
-        try:
-            result = engine.send_campaign(config, store, row, rendered, provider, **send_options)
-        except engine.CampaignBusy:
-            return busy("another process is sending it")
+        result = engine.send_campaign(config, store, row, rendered, provider, **send_options)
     except NewsletterError as exc:
         return outcome("failed", str(exc))
     finally:

@@ -9,14 +9,16 @@ from collections import Counter
 from email import policy
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import delete, insert, select, update
 
 from newsletter import build, tokens
 from newsletter import campaign as engine
 from newsletter import subscribers as subs
+from newsletter.providers import get_provider
 from newsletter.store import open_store
-from newsletter.store.schema import campaigns
+from newsletter.store.schema import campaign_workers, deliveries
 
+from .engine_util import FakeClock
 from .fakes.postmark import TOKEN, FakePostmark
 
 SECRET = "campaign-test-secret"
@@ -55,11 +57,16 @@ def postmark_toml(fake, batch_size=2, concurrency=1, extra=""):
 
 
 def run(config, store, rendered, list_name="main", sleeps=None, **options):
+    """Send (or resume) on a clock that waits no real time; ``sleeps`` gets the waits."""
     found = engine.find_campaign(store, rendered.slug, list_name)
     if found is None:
         found = engine.start(store, rendered, list_name, config.provider.name)
-    return engine.send_campaign(config, store, found, rendered,
-                                sleep=(sleeps.append if sleeps is not None else (lambda s: None)), **options)
+    clock = FakeClock()
+    try:
+        return engine.send_campaign(config, store, found, rendered, sleep=clock.sleep, clock=clock, **options)
+    finally:
+        if sleeps is not None:
+            sleeps.extend(clock.sleeps)
 
 
 def delivered(fake) -> Counter:
@@ -235,7 +242,8 @@ def test_changed_files_refuse_the_resume_and_rerender_accepts_them(setup, sample
 def test_cancel_stops_for_good(setup):
     config, store, rendered = setup(readers=3)
     started = engine.start(store, rendered, "main", "outbox")
-    assert engine.cancel(store, started) == 3
+    cancelled = engine.cancel(store, started)
+    assert (cancelled.cancelled, cancelled.in_flight, cancelled.counts["sent"]) == (3, 0, 0)
     found = engine.find_campaign(store, rendered.slug)
     assert found.status == "cancelled"
     with pytest.raises(engine.CampaignError, match="cancelled"):
@@ -243,29 +251,72 @@ def test_cancel_stops_for_good(setup):
     assert not (config.root / "outbox").exists()
 
 
-def test_a_campaign_being_sent_elsewhere_is_not_sent_twice(setup):
+def _worker(store, campaign_id, host, pid, expires_in=60.0):
+    """A sender's row as another process would have written it."""
     import datetime as dt
 
-    config, store, rendered = setup(readers=2)
+    now = dt.datetime.now(dt.UTC)
+    token = os.urandom(8).hex()
+    with store.write() as conn:
+        conn.execute(insert(campaign_workers).values(
+            campaign_id=campaign_id, token=token, host=host, pid=pid, sent=0, started_at=now,
+            last_seen=now, expires=now + dt.timedelta(seconds=expires_in)))
+    return token
+
+
+def _hand_to(store, campaign_id, token, ids):
+    """Mark deliveries ``ids`` in flight under ``token``'s claim, as its claim would."""
+    with store.write() as conn:
+        conn.execute(update(deliveries).where(deliveries.c.id.in_(ids)).values(
+            status="sending", worker=token, claim=f"{token}.1"))
+
+
+def test_a_second_sender_joins_and_leaves_the_other_senders_batch_alone(setup):
+    config, store, rendered = setup(readers=4)
     started = engine.start(store, rendered, "main", "outbox")
-    alive = f"{socket.gethostname()}:{os.getppid()}"
-    with store.write() as conn:
-        conn.execute(update(campaigns).where(campaigns.c.id == started.id).values(
-            lease_owner=alive, lease_expires=dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)))
-    with pytest.raises(engine.CampaignBusy, match="another process"):
-        engine.send_campaign(config, store, started, rendered)
-    # a holder that died (no such process) does not block a resume
-    with store.write() as conn:
-        conn.execute(update(campaigns).where(campaigns.c.id == started.id).values(
-            lease_owner=f"{socket.gethostname()}:{2**22 + 12345}"))
-    assert engine.send_campaign(config, store, started, rendered).finished
+    ids = [r.id for r in store_rows(store, started.id)]
+    elsewhere = _worker(store, started.id, "elsewhere.example", 4242)
+    _hand_to(store, started.id, elsewhere, ids[:2])
+    status = engine.state(store, started)
+    assert status == "sending" and [w.name for w in engine.live_workers(store, started.id)] == ["elsewhere.example:4242"]
+    clock = FakeClock()
+    sender = engine.Sender(config, store, started, rendered, get_provider(config), sleep=clock.sleep, clock=clock)
+
+    def the_other_one_answers(seconds):  # while this one waits, the other records its batch
+        clock.sleep(seconds)
+        with store.write() as conn:
+            conn.execute(update(deliveries).where(deliveries.c.worker == elsewhere).values(status="sent"))
+            conn.execute(delete(campaign_workers).where(campaign_workers.c.token == elsewhere))
+
+    sender.sleep = the_other_one_answers
+    result = sender.run()
+    assert result.finished and result.counts["sent"] == 4
+    mailed = sorted(p.name for p in (config.root / "outbox").rglob("*.eml"))
+    assert len(mailed) == 2  # only the two rows that were not the other sender's
+
+
+def test_rows_of_a_sender_that_died_turn_unknown_and_are_not_resent(setup, fake):
+    config, store, rendered = setup(postmark_toml(fake), readers=3)
+    started = engine.start(store, rendered, "main", "postmark")
+    ids = [r.id for r in store_rows(store, started.id)]
+    dead = _worker(store, started.id, socket.gethostname(), 2**22 + 12345)  # no such process
+    _hand_to(store, started.id, dead, ids[:1])
+    assert engine.state(store, started) == "interrupted"
+    result = run(config, store, rendered)
+    assert result.finished and (result.counts["sent"], result.counts["unknown"]) == (2, 1)
+    assert engine.live_workers(store, started.id) == []
+    assert delivered(fake) == Counter({"r1@example.com": 1, "r2@example.com": 1})
+
+
+def store_rows(store, campaign_id):
+    with store.read() as conn:
+        return conn.execute(select(deliveries.c.id).where(deliveries.c.campaign_id == campaign_id)
+                            .order_by(deliveries.c.id)).all()
 
 
 def test_a_stop_request_lets_batches_in_flight_finish(setup, fake):
     config, store, rendered = setup(postmark_toml(fake), readers=6)
     started = engine.start(store, rendered, "main", "postmark")
-    from newsletter.providers import get_provider
-
     provider = get_provider(config)
     sender = engine.Sender(config, store, started, rendered, provider)
     original = provider.send_batch

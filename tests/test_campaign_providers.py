@@ -15,6 +15,7 @@ from newsletter import campaign as engine
 from newsletter import subscribers as subs
 from newsletter.store import open_store
 
+from .engine_util import FakeClock
 from .fakes import mailgun, postmark, resend, sendgrid, ses
 
 
@@ -83,7 +84,7 @@ def run(config, store, rendered, **options):
     found = engine.find_campaign(store, rendered.slug, "main") or engine.start(
         store, rendered, "main", config.provider.name
     )
-    return engine.send_campaign(config, store, found, rendered, sleep=lambda s: None, **options)
+    return engine.send_campaign(config, store, found, rendered, sleep=(clock := FakeClock()).sleep, clock=clock, **options)
 
 
 def test_a_campaign_pauses_in_an_outage_resumes_and_reaches_everyone_once(service, configure, sample_issue):

@@ -216,11 +216,49 @@ def _v4_schedule_outcomes(conn: Connection) -> None:
     md.create_all(conn)
 
 
+def _v5_campaign_workers(conn: Connection) -> None:
+    """Fenced claims: the senders of a campaign as rows of their own, each delivery in flight
+    tagged with its sender and claim, and a not-before time for readers to retry later. The
+    campaign-wide lease and the per-campaign batch numbers go."""
+    md = MetaData(naming_convention=NAMING)
+    Table("campaigns", md, Column("id", Integer, primary_key=True))
+    Table(
+        "campaign_workers",
+        md,
+        Column("id", Integer, primary_key=True),
+        Column("campaign_id", Integer, ForeignKey("campaigns.id", ondelete="CASCADE"), nullable=False),
+        Column("token", String(32), nullable=False, unique=True),
+        Column("host", String(200), nullable=False),
+        Column("pid", Integer, nullable=False),
+        Column("sent", Integer, nullable=False, server_default="0"),
+        Column("started_at", UtcDateTime, nullable=False),
+        Column("last_seen", UtcDateTime, nullable=False),
+        Column("expires", UtcDateTime, nullable=False),
+        Index("ix_campaign_workers_campaign", "campaign_id"),
+    )
+    md.tables["campaign_workers"].create(conn)
+    # Rows a release before this one left in flight have no sender any more: their outcome
+    # is unknown, as that release would have said on its next run.
+    conn.execute(text(
+        "UPDATE deliveries SET status = 'unknown', reason = 'the sending process stopped mid-call' "
+        "WHERE status = 'sending'"
+    ))
+    conn.execute(text("ALTER TABLE deliveries ADD COLUMN worker VARCHAR(32)"))
+    conn.execute(text("ALTER TABLE deliveries ADD COLUMN claim VARCHAR(64)"))
+    timestamp = "TIMESTAMP WITHOUT TIME ZONE" if conn.dialect.name == "postgresql" else "DATETIME"
+    conn.execute(text(f"ALTER TABLE deliveries ADD COLUMN not_before {timestamp}"))
+    conn.execute(text("ALTER TABLE deliveries DROP COLUMN batch"))
+    conn.execute(text("CREATE INDEX ix_deliveries_claim ON deliveries (claim)"))
+    conn.execute(text("ALTER TABLE campaigns DROP COLUMN lease_owner"))
+    conn.execute(text("ALTER TABLE campaigns DROP COLUMN lease_expires"))
+
+
 STEPS: tuple[Step, ...] = (
     Step(1, "lists, subscribers, memberships, suppressions", _v1_initial),
     Step(2, "campaigns, deliveries, events", _v2_campaigns),
     Step(3, "rate limits for the public sign-up form", _v3_rate_limits),
     Step(4, "schedule outcomes", _v4_schedule_outcomes),
+    Step(5, "campaign workers and fenced claims", _v5_campaign_workers),
 )
 
 LATEST = STEPS[-1].version

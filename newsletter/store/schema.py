@@ -161,9 +161,6 @@ campaigns = Table(
     Column("web_html", Text, nullable=False, server_default=""),
     Column("provider", String(32), nullable=False),
     Column("total", Integer, nullable=False, server_default="0"),
-    # One process sends a campaign at a time.
-    Column("lease_owner", String(200), nullable=True),
-    Column("lease_expires", UtcDateTime, nullable=True),
     Column("last_error", Text, nullable=False, server_default=""),
     Column("created_at", UtcDateTime, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
@@ -179,15 +176,41 @@ deliveries = Table(
     Column("campaign_id", Integer, ForeignKey("campaigns.id", ondelete="CASCADE"), nullable=False),
     Column("subscriber_id", Integer, ForeignKey("subscribers.id", ondelete="SET NULL"), nullable=True),
     Column("status", String(16), nullable=False),
-    Column("batch", Integer, nullable=True),
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("provider_id", String(200), nullable=True),
     Column("reason", Text, nullable=True),
     Column("updated_at", UtcDateTime, nullable=False),
+    # While a row is in flight (and after, for the record): the sender that claimed it and
+    # the claim, the batch's token. Whoever writes an outcome proves both in the same
+    # statement, so a sender that lost its claim can change nothing.
+    Column("worker", String(32), nullable=True),
+    Column("claim", String(64), nullable=True),
+    # A queued reader the service asked us to try later is not claimed before this.
+    Column("not_before", UtcDateTime, nullable=True),
     CheckConstraint(_one_of("status", DELIVERY_STATUSES), name="status"),
     UniqueConstraint("campaign_id", "subscriber_id", name="uq_deliveries_campaign_subscriber"),
     Index("ix_deliveries_campaign_status", "campaign_id", "status", "id"),
     Index("ix_deliveries_provider_id", "provider_id"),
+    Index("ix_deliveries_claim", "claim"),
+)
+
+# The processes sending a campaign now, one row each, on any machine that reaches the
+# database. A sender renews ``expires`` every few seconds from a thread of its own, also
+# while it waits; a row past ``expires`` (or, on the same machine, whose process is gone)
+# is a dead sender, whose rows in flight another sender turns ``unknown``.
+campaign_workers = Table(
+    "campaign_workers",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("campaign_id", Integer, ForeignKey("campaigns.id", ondelete="CASCADE"), nullable=False),
+    Column("token", String(32), nullable=False, unique=True),
+    Column("host", String(200), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("sent", Integer, nullable=False, server_default="0"),  # by this sender, this run
+    Column("started_at", UtcDateTime, nullable=False),
+    Column("last_seen", UtcDateTime, nullable=False),
+    Column("expires", UtcDateTime, nullable=False),
+    Index("ix_campaign_workers_campaign", "campaign_id"),
 )
 
 events = Table(
