@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import email
-import os
 import socket
 from collections import Counter
 from email import policy
 
 import pytest
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, select, update
 
 from newsletter import build, tokens
 from newsletter import campaign as engine
@@ -18,7 +17,7 @@ from newsletter.providers import get_provider
 from newsletter.store import open_store
 from newsletter.store.schema import campaign_workers, deliveries
 
-from .engine_util import FakeClock
+from .engine_util import FakeClock, add_worker, hand_to
 from .fakes.postmark import TOKEN, FakePostmark
 
 SECRET = "campaign-test-secret"
@@ -251,32 +250,12 @@ def test_cancel_stops_for_good(setup):
     assert not (config.root / "outbox").exists()
 
 
-def _worker(store, campaign_id, host, pid, expires_in=60.0):
-    """A sender's row as another process would have written it."""
-    import datetime as dt
-
-    now = dt.datetime.now(dt.UTC)
-    token = os.urandom(8).hex()
-    with store.write() as conn:
-        conn.execute(insert(campaign_workers).values(
-            campaign_id=campaign_id, token=token, host=host, pid=pid, sent=0, started_at=now,
-            last_seen=now, expires=now + dt.timedelta(seconds=expires_in)))
-    return token
-
-
-def _hand_to(store, campaign_id, token, ids):
-    """Mark deliveries ``ids`` in flight under ``token``'s claim, as its claim would."""
-    with store.write() as conn:
-        conn.execute(update(deliveries).where(deliveries.c.id.in_(ids)).values(
-            status="sending", worker=token, claim=f"{token}.1"))
-
-
 def test_a_second_sender_joins_and_leaves_the_other_senders_batch_alone(setup):
     config, store, rendered = setup(readers=4)
     started = engine.start(store, rendered, "main", "outbox")
     ids = [r.id for r in store_rows(store, started.id)]
-    elsewhere = _worker(store, started.id, "elsewhere.example", 4242)
-    _hand_to(store, started.id, elsewhere, ids[:2])
+    elsewhere = add_worker(store, started.id, "elsewhere.example", 4242)
+    hand_to(store, elsewhere, ids[:2])
     status = engine.state(store, started)
     assert status == "sending" and [w.name for w in engine.live_workers(store, started.id)] == ["elsewhere.example:4242"]
     clock = FakeClock()
@@ -299,8 +278,8 @@ def test_rows_of_a_sender_that_died_turn_unknown_and_are_not_resent(setup, fake)
     config, store, rendered = setup(postmark_toml(fake), readers=3)
     started = engine.start(store, rendered, "main", "postmark")
     ids = [r.id for r in store_rows(store, started.id)]
-    dead = _worker(store, started.id, socket.gethostname(), 2**22 + 12345)  # no such process
-    _hand_to(store, started.id, dead, ids[:1])
+    dead = add_worker(store, started.id, socket.gethostname(), 2**22 + 12345)  # no such process
+    hand_to(store, dead, ids[:1])
     assert engine.state(store, started) == "interrupted"
     result = run(config, store, rendered)
     assert result.finished and (result.counts["sent"], result.counts["unknown"]) == (2, 1)

@@ -46,9 +46,9 @@ class ProgressPrinter:
 
 def _describe(campaign, c) -> str:
     parts = [f"{_n(c['sent'])} sent"]
-    for status in ("failed", "skipped", "unknown", "queued", "cancelled"):
+    for status in ("failed", "skipped", "unknown", "queued", "sending", "cancelled"):
         if c[status]:
-            parts.append(f"{_n(c[status])} {status}")
+            parts.append(f"{_n(c[status])} {'in flight' if status == 'sending' else status}")
     return ", ".join(parts)
 
 
@@ -129,7 +129,11 @@ def send(env: Env, issue: str | None, list_name: str | None, test_to: tuple[str,
         if existing and not resume:
             c = engine.counts(store, existing.id)
             state = f"{existing.status}: {_describe(existing, c)}"
-            if existing.status in ("sending", "paused"):
+            senders = engine.live_workers(store, existing.id)
+            if senders:
+                hint = (f"{', '.join(w.name for w in senders)} is sending it; `newsletter send "
+                        f"{rendered.slug} --resume` joins in")
+            elif existing.status in ("sending", "paused"):
                 hint = f"run `newsletter send {rendered.slug} --resume` to continue it"
             elif existing.status == "finished":
                 hint = "it will not be sent again"
@@ -194,7 +198,10 @@ def send(env: Env, issue: str | None, list_name: str | None, test_to: tuple[str,
 @click.argument("issue", required=False)
 @pass_env
 def status(env: Env, issue: str | None) -> None:
-    """Campaigns with their counts: sent, failed (by reason), skipped, unknown, queued."""
+    """Campaigns with their counts: sent, failed (by reason), skipped, unknown, queued.
+
+    A campaign being sent lists its senders (host, process, last seen); one whose senders
+    all stopped without finishing says it was interrupted and how to resume it."""
     from .. import campaign as engine
     from ..store import open_store
 
@@ -206,13 +213,20 @@ def status(env: Env, issue: str | None) -> None:
             return
         for campaign in found:
             c = engine.counts(store, campaign.id)
-            click.echo(f"{campaign.issue} → {campaign.list_name} via {campaign.provider}: {campaign.status}"
+            state = engine.state(store, campaign)
+            if state == "interrupted":
+                state = f"interrupted — run `newsletter send {campaign.issue} --resume`"
+            click.echo(f"{campaign.issue} → {campaign.list_name} via {campaign.provider}: {state}"
                        f" (started {campaign.created_at:%Y-%m-%d %H:%M} UTC)")
             click.echo(f"  {_describe(campaign, c)} of {_n(c.total)}")
             for reason, n in c.failed_reasons.most_common(10):
                 click.echo(f"  failed {_n(n)}: {reason}")
             if campaign.last_error and campaign.status != "finished":
                 click.echo(f"  stopped: {campaign.last_error}")
+            for worker in engine.live_workers(store, campaign.id):
+                seen = max(0, round((engine.utcnow() - worker.last_seen).total_seconds()))
+                click.echo(f"  sender {worker.name}: {_n(worker.sent)} sent since "
+                           f"{worker.started_at:%H:%M:%S} UTC, last seen {seen} s ago")
             if slug and c["unknown"]:
                 click.echo("  unknown outcome:")
                 for address in engine.unknown_recipients(store, campaign.id):
@@ -242,8 +256,20 @@ def cancel(env: Env, issue: str, list_name: str | None, yes: bool) -> None:
         if not yes:
             click.confirm(f"Cancel {slug} → {campaign.list_name}? {_n(c['queued'])} recipients will not get it",
                           abort=True)
-        n = engine.cancel(store, campaign)
-        click.echo(f"cancelled {slug} → {campaign.list_name}: {_n(c['sent'])} had it, {_n(n)} will not")
+        if c["sending"]:
+            click.echo(f"waiting for the answers to the {_n(c['sending'])} messages already handed to "
+                       "the service...", err=True)
+        done = engine.cancel(store, campaign)
+        after = done.counts
+        line = f"cancelled {slug} → {campaign.list_name}: {_n(after['sent'])} had it, {_n(done.cancelled)} will not"
+        if after["unknown"]:
+            line += f", {_n(after['unknown'])} unknown (may have it)"
+        if after["failed"]:
+            line += f", {_n(after['failed'])} failed"
+        click.echo(line)
+        if done.in_flight:
+            click.echo(f"{_n(done.in_flight)} still in flight; their answers are recorded when they come: "
+                       f"`newsletter status {slug}`")
 
 
 COMMANDS = [send, status, cancel]
