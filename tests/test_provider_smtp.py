@@ -3,17 +3,30 @@
 from __future__ import annotations
 
 import email
+import smtplib
 import socket
+import threading
 from email import policy
 
 import pytest
 
 from newsletter import build
 from newsletter.message import MessageTemplate
-from newsletter.providers import FatalError, TransientError, get_provider
+from newsletter.providers import Batch, Envelope, FatalError, TransientError, get_provider
 
-from .fakes.smtp import Authenticator, Sink, port_of, self_signed_context, start_sink
+from .fakes.smtp import (
+    Authenticator,
+    CramMd5Sink,
+    Sink,
+    port_of,
+    self_signed_context,
+    start_auth_sink,
+    start_sink,
+)
 from .provider_util import batch_of
+
+# The fake requires AUTH over plain TCP, which aiosmtpd warns about at every connection.
+pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
 
 
 @pytest.fixture(params=["one by one", "pipelined"])
@@ -141,3 +154,193 @@ def test_a_body_with_lines_starting_with_a_dot_arrives_intact(server, configure,
     assert "    .hidden\n    ..two\n    ." in text.replace("\r\n", "\n")
     html = msg.get_body(("html",)).get_content().replace("\r\n", "\n")
     assert ".hidden\n..two\n.\n</code>" in html  # lines that begin with dots, as written
+
+
+# -- logging in with UTF-8 credentials (RFC 4616: PLAIN carries UTF-8) -----------------------
+
+
+@pytest.mark.parametrize(("excluded", "used"), [([], "PLAIN"), (["PLAIN"], "LOGIN")])
+def test_a_utf8_password_logs_in(excluded, used, configure, sample_issue):
+    controller, sink, auth = start_auth_sink("brev-ö", "pässwörd", auth_exclude_mechanism=excluded)
+    try:
+        provider, template = smtp_provider(configure, sample_issue, port_of(controller),
+                                           'username = "brev-ö"\n', env={"SMTP_PASSWORD": "pässwörd"})
+        outcomes = provider.send_batch(batch_of(template, ["a@example.com", "b@example.com"]))
+        provider.close()
+    finally:
+        controller.stop()
+    assert [o.status for o in outcomes] == ["sent", "sent"]
+    assert [m[1] for m in sink.messages] == [["a@example.com"], ["b@example.com"]]
+    assert auth.mechanisms == [used]  # PLAIN when offered, else LOGIN; once per connection
+
+
+def test_a_wrong_utf8_password_is_fatal_and_never_shown(configure, sample_issue):
+    controller, sink, _ = start_auth_sink("letter", "pässwörd")
+    try:
+        provider, template = smtp_provider(configure, sample_issue, port_of(controller),
+                                           'username = "letter"\n', env={"SMTP_PASSWORD": "pässwörd-fel"})
+        with pytest.raises(FatalError) as caught:
+            provider.send_batch(batch_of(template, ["a@example.com"]))
+    finally:
+        controller.stop()
+    message = str(caught.value)
+    assert "\n" not in message and "login as letter refused" in message and "SMTP_PASSWORD" in message
+    assert "pässwörd" not in message and "fel" not in message
+    assert caught.value.partial == [] and sink.messages == []
+
+
+def test_cram_md5_alone_goes_through_smtplib_and_a_non_ascii_password_is_a_clear_error(
+        configure, sample_issue):
+    for password, works in (("right", True), ("pässwörd", False)):
+        controller, sink = start_sink(CramMd5Sink("letter", password), auth_require_tls=False,
+                                      auth_required=True, auth_exclude_mechanism=["PLAIN", "LOGIN"])
+        try:
+            provider, template = smtp_provider(configure, sample_issue, port_of(controller),
+                                               'username = "letter"\n', env={"SMTP_PASSWORD": password})
+            if works:
+                assert [o.status for o in provider.send_batch(batch_of(template, ["a@example.com"]))] == ["sent"]
+                provider.close()
+                continue
+            with pytest.raises(FatalError) as caught:
+                provider.send_batch(batch_of(template, ["a@example.com"]))
+        finally:
+            controller.stop()
+        message = str(caught.value)
+        assert "SMTP_PASSWORD" in message and "CRAM-MD5" in message and "\n" not in message
+        assert password not in message and sink.messages == []
+
+
+def test_a_password_that_is_not_text_is_a_clear_error(configure, sample_issue):
+    # os.environ keeps bytes that are not UTF-8 as lone surrogates
+    controller, sink, _ = start_auth_sink("letter", "pässwörd")
+    try:
+        provider, template = smtp_provider(configure, sample_issue, port_of(controller),
+                                           'username = "letter"\n', env={"SMTP_PASSWORD": "p\udce4ss"})
+        with pytest.raises(FatalError, match="SMTP_PASSWORD is not valid UTF-8"):
+            provider.send_batch(batch_of(template, ["a@example.com"]))
+    finally:
+        controller.stop()
+
+
+def test_a_server_that_wants_a_login_says_so(configure, sample_issue):
+    controller, sink, _ = start_auth_sink("letter", "pässwörd")
+    try:
+        provider, template = smtp_provider(configure, sample_issue, port_of(controller))
+        with pytest.raises(FatalError) as caught:
+            provider.send_batch(batch_of(template, ["a@example.com"]))
+    finally:
+        controller.stop()
+    assert "530" in str(caught.value) and "[provider] username" in str(caught.value)
+    assert "SMTP_PASSWORD" in str(caught.value)
+
+
+# -- nothing that failed before the end of DATA is "unknown" ---------------------------------
+
+
+def test_an_unexpected_error_while_reconnecting_keeps_what_was_sent(server, configure, sample_issue,
+                                                                   monkeypatch):
+    port, sink = server
+    sink.per_connection = 1  # so the second message needs a new connection
+    # smtplib names this machine in EHLO from getfqdn(), and sends that name as ASCII
+    real, client = socket.getfqdn, threading.current_thread()
+    monkeypatch.setattr(smtplib.socket, "getfqdn", lambda *a: real(*a) if threading.current_thread()
+                        is not client or not sink.messages else "pöst.example")
+    provider, template = smtp_provider(configure, sample_issue, port)
+    with pytest.raises((TransientError, FatalError)) as caught:  # never a UnicodeEncodeError
+        provider.send_batch(batch_of(template, ["a@example.com", "b@example.com", "c@example.com"]))
+    assert [(o.key, o.status) for o in caught.value.partial] == [(1, "sent")]
+    assert "UnicodeEncodeError" in str(caught.value) and "\n" not in str(caught.value)
+    assert [m[1] for m in sink.messages] == [["a@example.com"]]
+
+
+def test_a_message_that_cannot_be_made_fails_alone(server, configure, sample_issue):
+    port, sink = server
+    provider, template = smtp_provider(configure, sample_issue, port)
+    good = batch_of(template, ["a@example.com", "b@example.com", "c@example.com"])
+    bad = Envelope(2, good.envelopes[1].recipient, good.envelopes[1].unsubscribe_url, "<x\r\nBcc: evil@example.com>")
+    batch = Batch(template, [good.envelopes[0], bad, good.envelopes[2]], good.idempotency_key)
+    outcomes = provider.send_batch(batch)
+    assert [o.status for o in outcomes] == ["sent", "failed", "sent"]
+    assert "Message-ID" in outcomes[1].reason
+    assert [m[1] for m in sink.messages] == [["a@example.com"], ["c@example.com"]]
+
+
+def test_a_timeout_before_data_is_a_refusal_not_unknown(server, configure, sample_issue):
+    port, sink = server
+    sink.stall_rcpt = {"b@example.com": 3}
+    config = configure(f'name = "smtp"\nhost = "127.0.0.1"\nport = {port}\nsecurity = "none"\ntimeout = 0.4\n')
+    template = MessageTemplate(config, build.render(config, sample_issue), "main")
+    provider = get_provider(config)
+    with pytest.raises(TransientError, match="timed out") as caught:
+        provider.send_batch(batch_of(template, ["a@example.com", "b@example.com", "c@example.com"]))
+    assert [(o.key, o.status) for o in caught.value.partial] == [(1, "sent")]
+    assert [m[1] for m in sink.messages] == [["a@example.com"]]
+
+
+# -- per-recipient temporary refusals, and 421 ----------------------------------------------
+
+
+def test_a_greylisted_recipient_is_retried_alone(server, configure, sample_issue):
+    port, sink = server
+    sink.greylist = {"grey@example.com": 1}
+    provider, template = smtp_provider(configure, sample_issue, port)
+    outcomes = provider.send_batch(batch_of(template, ["a@example.com", "grey@example.com", "c@example.com"]))
+    assert [o.status for o in outcomes] == ["sent", "retry", "sent"]
+    assert outcomes[1].reason.startswith("451 4.7.1")
+    again = provider.send_batch(batch_of(template, ["grey@example.com"]))
+    assert [o.status for o in again] == ["sent"]
+    assert [m[1] for m in sink.messages] == [["a@example.com"], ["c@example.com"], ["grey@example.com"]]
+
+
+def test_refusals_after_the_body(server, configure, sample_issue):
+    port, sink = server
+    sink.data_rules = {"full@example.com": "452 4.3.1 Insufficient system storage",
+                       "spam@example.com": "554 5.7.1 Message refused"}
+    provider, template = smtp_provider(configure, sample_issue, port)
+    outcomes = provider.send_batch(batch_of(template, ["full@example.com", "spam@example.com", "ok@example.com"]))
+    assert [o.status for o in outcomes] == ["retry", "failed", "sent"]
+    assert outcomes[0].reason.startswith("452") and outcomes[1].reason.startswith("554")
+    assert [m[1] for m in sink.messages] == [["ok@example.com"]]
+
+
+def test_552_to_rcpt_is_temporary(server, configure, sample_issue):
+    # RFC 5321 4.5.3.1.10: clients should read a 552 to RCPT as "too many recipients", for now
+    port, sink = server
+    sink.rules = {"many@example.com": "552 5.5.3 Too many recipients"}
+    provider, template = smtp_provider(configure, sample_issue, port)
+    outcomes = provider.send_batch(batch_of(template, ["many@example.com", "ok@example.com"]))
+    assert [o.status for o in outcomes] == ["retry", "sent"]
+
+
+def test_421_at_a_per_connection_limit_reconnects(server, configure, sample_issue):
+    port, sink = server
+    sink.per_connection = 2
+    before = sink.connections
+    provider, template = smtp_provider(configure, sample_issue, port)
+    addresses = [f"r{i}@example.com" for i in range(5)]
+    outcomes = provider.send_batch(batch_of(template, addresses))
+    assert [o.status for o in outcomes] == ["sent"] * 5
+    assert [m[1][0] for m in sink.messages] == addresses
+    assert sink.connections - before == 3
+
+
+def test_421_shutting_down_mid_batch(server, configure, sample_issue):
+    port, sink = server
+    sink.shut_down_after = 2
+    provider, template = smtp_provider(configure, sample_issue, port)
+    with pytest.raises(TransientError, match="421") as caught:
+        provider.send_batch(batch_of(template, [f"r{i}@example.com" for i in range(4)]))
+    # the two accepted are sent; the two never accepted are covered by the TransientError
+    assert [(o.key, o.status) for o in caught.value.partial] == [(1, "sent"), (2, "sent")]
+    assert len(sink.messages) == 2
+
+
+def test_421_after_the_body_is_retry_and_the_connection_is_not_reused(server, configure, sample_issue):
+    port, sink = server
+    sink.data_rules = {"b@example.com": "421 4.3.2 Service shutting down"}
+    before = sink.connections
+    provider, template = smtp_provider(configure, sample_issue, port)
+    outcomes = provider.send_batch(batch_of(template, ["a@example.com", "b@example.com", "c@example.com"]))
+    assert [o.status for o in outcomes] == ["sent", "retry", "sent"]
+    assert [m[1] for m in sink.messages] == [["a@example.com"], ["c@example.com"]]
+    assert sink.connections - before == 2

@@ -1,23 +1,33 @@
 """A real SMTP server on 127.0.0.1 (aiosmtpd) that keeps what it receives and can refuse
-recipients, drop the connection mid-DATA or close idle connections, for the SMTP tests."""
+recipients (for good, or for their first N tries as greylisting does), refuse a message after
+its body, stall, drop the connection mid-DATA, close idle connections, answer 421 and hang up,
+and require a login checked as UTF-8 bytes, for the SMTP tests."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hmac
+import secrets
 import socket
 import ssl
 import threading
 from pathlib import Path
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
+from aiosmtpd.smtp import MISSING, AuthResult, LoginPassword
 
 
 class Sink:
     def __init__(self) -> None:
         self.messages: list[tuple[str, list[str], bytes]] = []
         self.rules: dict[str, str] = {}  # recipient -> SMTP reply, e.g. "450 4.2.0 later"
+        # recipient -> how many more RCPTs get "451 4.7.1" before one is accepted
+        self.greylist: dict[str, int] = {}
+        self.data_rules: dict[str, str] = {}  # recipient -> reply to the end of DATA, not kept
+        self.stall_rcpt: dict[str, float] = {}  # recipient -> seconds to sit on its RCPT
+        self.per_connection: int | None = None  # after this many messages, 421 and hang up
+        self.shut_down_after: int | None = None  # after this many in all, 421 on every MAIL
         self.drop_data_for: set[str] = set()
         self.close_after_each = False
         self.pipelining = False
@@ -30,14 +40,36 @@ class Sink:
             responses.insert(-1, "250-PIPELINING")
         return responses
 
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        with self.lock:
+            stored = len(self.messages)
+        if (self.shut_down_after is not None and stored >= self.shut_down_after) or (
+            self.per_connection is not None and getattr(session, "kept", 0) >= self.per_connection
+        ):
+            asyncio.get_running_loop().call_later(0.01, server.transport.close)
+            return "421 4.3.2 Service shutting down, closing channel"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address in self.stall_rcpt:
+            await asyncio.sleep(self.stall_rcpt[address])
         rule = self.rules.get(address)
         if rule:
             return rule
+        with self.lock:
+            if self.greylist.get(address, 0) > 0:
+                self.greylist[address] -= 1
+                return "451 4.7.1 Greylisted, try again later"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        for address in envelope.rcpt_tos:
+            if address in self.data_rules:
+                return self.data_rules[address]
+        session.kept = getattr(session, "kept", 0) + 1
         if set(envelope.rcpt_tos) & self.drop_data_for:
             with self.lock:
                 self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
@@ -51,16 +83,50 @@ class Sink:
 
 
 class Authenticator:
+    """Checks AUTH PLAIN and LOGIN credentials byte for byte against the UTF-8 form of
+    ``username`` and ``password``, and notes each mechanism a client used."""
+
     def __init__(self, username: str, password: str) -> None:
         self.username, self.password = username, password
+        self.mechanisms: list[str] = []
 
     def __call__(self, server, session, envelope, mechanism, auth_data):
+        self.mechanisms.append(mechanism)
         ok = (
             isinstance(auth_data, LoginPassword)
-            and auth_data.login.decode() == self.username
-            and auth_data.password.decode() == self.password
+            and auth_data.login == self.username.encode("utf-8")
+            and auth_data.password == self.password.encode("utf-8")
         )
         return AuthResult(success=ok, handled=False)
+
+
+class CramMd5Sink(Sink):
+    """A sink that also offers AUTH CRAM-MD5 (RFC 2195), keyed with the UTF-8 password; start
+    it with ``auth_exclude_mechanism=["PLAIN", "LOGIN"]`` to offer that alone."""
+
+    def __init__(self, username: str, password: str) -> None:
+        super().__init__()
+        self.username, self.password = username, password
+
+    async def auth_CRAM__MD5(self, server, args):
+        challenge = f"<{secrets.token_hex(8)}@127.0.0.1>".encode("ascii")
+        answer = await server.challenge_auth(challenge)
+        if answer is MISSING:
+            return AuthResult(success=False, handled=True)
+        login, _, digest = answer.partition(b" ")
+        expected = hmac.new(self.password.encode("utf-8"), challenge, "md5").hexdigest().encode("ascii")
+        ok = login == self.username.encode("utf-8") and hmac.compare_digest(digest, expected)
+        return AuthResult(success=ok, handled=False)
+
+
+def start_auth_sink(username: str, password: str, sink: Sink | None = None,
+                    **kwargs) -> tuple[CountingController, Sink, Authenticator]:
+    """A sink that refuses MAIL until the client has logged in (AUTH PLAIN and LOGIN, over
+    plain TCP: aiosmtpd wants TLS for AUTH unless told otherwise)."""
+    authenticator = Authenticator(username, password)
+    kwargs.setdefault("auth_require_tls", False)
+    controller, sink = start_sink(sink, authenticator=authenticator, auth_required=True, **kwargs)
+    return controller, sink, authenticator
 
 
 class CountingController(Controller):
