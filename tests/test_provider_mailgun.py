@@ -21,9 +21,12 @@ from newsletter.providers import (
     get_provider,
 )
 
-from .fakes.httpbase import json_reply
+from .fakes.httpbase import Reply, json_reply, text_reply
 from .fakes.mailgun import DOMAIN, KEY, FakeMailgun
 from .provider_util import batch_of
+
+GATEWAY_PAGE = "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body><center><h1>502 Bad Gateway</h1></center></body>\r\n</html>\r\n"
+MAINTENANCE_PAGE = "<!DOCTYPE html>\n<html><body>\n<h1>Service Unavailable</h1>\n<p>Back soon.</p>\n</body></html>\n"
 
 
 @pytest.fixture
@@ -305,3 +308,78 @@ def test_a_recipient_failed_before_the_call_stays_failed_when_the_call_fails(mai
         provider.send_batch(batch_of(template, ["jörg@example.com", "b@example.com"]))
     assert [(o.key, o.status) for o in caught.value.partial] == [(1, "failed")]
     assert "non-ASCII" in caught.value.partial[0].reason
+
+
+# -- what an answer proves: refused, or perhaps taken ---------------------------------------
+
+
+def assert_one_line(error, status):
+    text = str(error)
+    assert text.startswith("mailgun: ") and str(status) in text
+    assert "\n" not in text and "\r" not in text and "<" not in text and len(text) < 300
+
+
+def test_a_502_after_mailgun_took_the_call_is_unknown_and_not_refused(mailgun, fake):
+    provider, template = mailgun
+    fake.faults = [("after", text_reply(502, GATEWAY_PAGE))]
+    with pytest.raises(UnknownOutcome, match="gateway error 502") as caught:
+        provider.send_batch(batch_of(template, ["a@example.com", "b@example.org"]))
+    assert_one_line(caught.value, 502)
+    # Mailgun queued the call, once: retrying it would give both readers a second copy
+    assert fake.calls == 1
+    assert [m["address"] for m in fake.messages] == ["a@example.com", "b@example.org"]
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        ("after", 504),  # even with Mailgun's own JSON message: a gateway's status
+        ("after", text_reply(503, MAINTENANCE_PAGE)),
+        ("after", text_reply(200, "<html><body>OK</body></html>")),  # no message id: not Mailgun's answer
+        "drop-after",
+        "cut-after",
+    ],
+)
+def test_an_answer_lost_after_mailgun_took_the_call_is_unknown(mailgun, fake, fault):
+    provider, template = mailgun
+    fake.faults = [fault]
+    with pytest.raises(UnknownOutcome):
+        provider.send_batch(batch_of(template, ["a@example.com"]))
+    assert fake.calls == 1 and len(fake.messages) == 1
+
+
+@pytest.mark.parametrize(
+    ("fault", "status"),
+    [
+        (text_reply(503, MAINTENANCE_PAGE), 503),
+        (504, 504),  # a gateway's status, whatever its body says
+        (Reply(500), 500),  # no body at all
+        (text_reply(500, "upstream connect error or\ndisconnect/reset before headers", "text/plain"), 500),
+        (json_reply(500, {"errors": ["Internal Server Error"]}), 500),  # JSON, but not Mailgun's
+    ],
+)
+def test_a_5xx_not_known_to_come_from_mailgun_is_unknown(mailgun, fake, fault, status):
+    provider, template = mailgun
+    fake.faults = [fault]
+    with pytest.raises(UnknownOutcome) as caught:
+        provider.send_batch(batch_of(template, ["a@example.com"]))
+    assert_one_line(caught.value, status)
+    assert "may have been" in str(caught.value)
+    assert fake.messages == []  # nothing was taken here, but nothing in the answer proves it
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        json_reply(500, {"message": "Internal Server Error"}),
+        json_reply(503, {"message": "Service is temporarily unavailable"}, **{"Retry-After": "30"}),
+    ],
+)
+def test_a_5xx_with_mailguns_message_body_is_a_refusal(mailgun, fake, fault):
+    provider, template = mailgun
+    fake.faults = [fault]
+    with pytest.raises(TransientError, match=f"server error {fault.status}") as caught:
+        provider.send_batch(batch_of(template, ["a@example.com"]))
+    assert caught.value.retry_after == (30.0 if fault.status == 503 else None)
+    assert fake.messages == []
+    assert [o.status for o in provider.send_batch(batch_of(template, ["a@example.com"]))] == ["sent"]

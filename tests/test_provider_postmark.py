@@ -14,8 +14,12 @@ from newsletter.providers import (
     get_provider,
 )
 
+from .fakes.httpbase import Reply, json_reply, text_reply
 from .fakes.postmark import TOKEN, FakePostmark
 from .provider_util import batch_of
+
+GATEWAY_PAGE = "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body><center><h1>502 Bad Gateway</h1></center></body>\r\n</html>\r\n"
+MAINTENANCE_PAGE = "<!DOCTYPE html>\n<html><body>\n<h1>Service Unavailable</h1>\n<p>Back soon.</p>\n</body></html>\n"
 
 
 @pytest.fixture
@@ -124,3 +128,95 @@ def test_batch_size_is_postmarks_limit(postmark, fake):
     assert provider.batch_size == 500
     outcomes = provider.send_batch(batch_of(template, [f"r{i}@example.com" for i in range(500)]))
     assert len(outcomes) == 500 and len(fake.messages) == 500
+
+
+# -- what an answer proves: refused, or perhaps taken ---------------------------------------
+
+
+def assert_one_line(error, status):
+    text = str(error)
+    assert text.startswith("postmark: ") and str(status) in text
+    assert "\n" not in text and "\r" not in text and "<" not in text and len(text) < 300
+
+
+def test_a_502_after_postmark_took_the_batch_is_unknown_and_not_refused(postmark, fake):
+    provider, template = postmark
+    fake.faults = [("after", text_reply(502, GATEWAY_PAGE))]
+    with pytest.raises(UnknownOutcome, match="gateway error 502") as caught:
+        provider.send_batch(batch_of(template, ["a@example.com", "b@example.org"]))
+    assert_one_line(caught.value, 502)
+    assert "an HTML page" in str(caught.value)
+    # Postmark took the batch, once: retrying it would give both readers a second copy
+    assert fake.batches == 1
+    assert [m["To"] for m in fake.messages] == ["Reader 1 <a@example.com>", "Reader 2 <b@example.org>"]
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        ("after", 504),  # even with Postmark's own error body: a gateway's status
+        ("after", text_reply(503, MAINTENANCE_PAGE)),
+        ("after", text_reply(200, "<html><body>OK</body></html>")),  # not the documented result
+        ("after", json_reply(200, {"ErrorCode": 0, "Message": "OK"})),  # an object, not one result per message
+        "drop-after",
+        "cut-after",
+    ],
+)
+def test_an_answer_lost_after_postmark_took_the_batch_is_unknown(postmark, fake, fault):
+    provider, template = postmark
+    fake.faults = [fault]
+    with pytest.raises(UnknownOutcome):
+        provider.send_batch(batch_of(template, ["a@example.com"]))
+    assert fake.batches == 1 and len(fake.messages) == 1
+
+
+@pytest.mark.parametrize(
+    ("fault", "status"),
+    [
+        (text_reply(503, MAINTENANCE_PAGE), 503),
+        (504, 504),  # a gateway's status, whatever its body says
+        (Reply(500), 500),  # no body at all
+        (text_reply(500, "upstream connect error or\ndisconnect/reset before headers", "text/plain"), 500),
+        (json_reply(500, {"error": "Internal Server Error"}), 500),  # JSON, but not Postmark's
+    ],
+)
+def test_a_5xx_not_known_to_come_from_postmark_is_unknown(postmark, fake, fault, status):
+    provider, template = postmark
+    fake.faults = [fault]
+    with pytest.raises(UnknownOutcome) as caught:
+        provider.send_batch(batch_of(template, ["a@example.com"]))
+    assert_one_line(caught.value, status)
+    assert "may have been" in str(caught.value)
+    assert fake.messages == []  # nothing was taken here, but nothing in the answer proves it
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        json_reply(500, {"ErrorCode": 500, "Message": "An internal error occurred."}),
+        json_reply(503, {"ErrorCode": 100, "Message": "Maintenance"}, **{"Retry-After": "30"}),
+    ],
+)
+def test_a_5xx_with_postmarks_error_body_is_a_refusal(postmark, fake, fault):
+    provider, template = postmark
+    fake.faults = [fault]
+    with pytest.raises(TransientError, match=f"server error {fault.status}") as caught:
+        provider.send_batch(batch_of(template, ["a@example.com"]))
+    assert caught.value.retry_after == (30.0 if fault.status == 503 else None)
+    assert fake.messages == []
+    assert [o.status for o in provider.send_batch(batch_of(template, ["a@example.com"]))] == ["sent"]
+
+
+def test_a_per_message_rate_limit_retries_that_reader_only(postmark, fake):
+    provider, template = postmark
+    fake.retry_first = {"b@example.org": 1}
+    outcomes = provider.send_batch(batch_of(template, ["a@example.com", "b@example.org", "c@example.net"]))
+    assert [o.status for o in outcomes] == ["sent", "retry", "sent"]
+    assert outcomes[1].reason.startswith("postmark 429:") and outcomes[1].provider_id is None
+    assert outcomes[0].provider_id and outcomes[2].provider_id
+    assert [m["To"] for m in fake.messages] == ["Reader 1 <a@example.com>", "Reader 3 <c@example.net>"]
+    # once the count is used up, the reader is taken
+    again = provider.send_batch(batch_of(template, ["b@example.org"]))
+    assert [o.status for o in again] == ["sent"]
+    assert fake.retry_first == {"b@example.org": 0}
+    assert [m["To"] for m in fake.messages][-1] == "Reader 1 <b@example.org>"

@@ -23,8 +23,12 @@ from newsletter.providers import (
 )
 from newsletter.providers.resend import idempotency_key
 
+from .fakes.httpbase import Reply, json_reply, text_reply
 from .fakes.resend import KEY, SENDING_KEY, FakeResend
 from .provider_util import batch_of as shared_batch_of
+
+GATEWAY_PAGE = "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body><center><h1>502 Bad Gateway</h1></center></body>\r\n</html>\r\n"
+MAINTENANCE_PAGE = "<!DOCTYPE html>\n<html><body>\n<h1>Service Unavailable</h1>\n<p>Back soon.</p>\n</body></html>\n"
 
 
 @pytest.fixture
@@ -305,3 +309,91 @@ def test_a_recipient_failed_before_the_call_stays_failed_when_the_call_fails(res
         provider.send_batch(batch_of(template, ["jörg@example.com", "b@example.com"]))
     assert [(o.key, o.status) for o in caught.value.partial] == [(1, "failed")]
     assert "non-ASCII" in caught.value.partial[0].reason
+
+
+# -- what an answer proves: refused, or perhaps taken ---------------------------------------
+
+
+def assert_one_line(error, status):
+    text = str(error)
+    assert text.startswith("resend: ") and str(status) in text
+    assert "\n" not in text and "\r" not in text and "<" not in text and len(text) < 300
+
+
+def test_a_502_after_resend_took_the_batch_is_unknown_and_resent_under_its_key(resend, fake):
+    provider, template = resend
+    fake.faults = [("after", text_reply(502, GATEWAY_PAGE))]
+    batch = batch_of(template, ["a@example.com", "b@example.org"])
+    with pytest.raises(UnknownOutcome, match="gateway error 502") as caught:
+        provider.send_batch(batch)
+    assert_one_line(caught.value, 502)
+    assert len(fake.messages) == 2  # Resend sent the batch, once
+    # what the engine does for an idempotent provider: the same batch again, the same key
+    outcomes = provider.send_batch(batch)
+    assert [o.status for o in outcomes] == ["sent", "sent"]
+    assert [o.provider_id for o in outcomes] == [m["id"] for m in fake.messages]
+    assert len(fake.messages) == 2  # replayed, not sent again
+    assert len({r.headers["idempotency-key"] for r in posts(fake)}) == 1
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        ("after", 504),  # even with Resend's own error body: a gateway's status
+        ("after", text_reply(503, MAINTENANCE_PAGE)),
+        ("after", text_reply(200, "<html><body>OK</body></html>")),  # not the documented result
+        "drop-after",
+        "cut-after",
+    ],
+)
+def test_an_answer_lost_after_resend_took_the_batch_is_unknown(resend, fake, fault):
+    provider, template = resend
+    fake.faults = [fault]
+    batch = batch_of(template, ["a@example.com"])
+    with pytest.raises(UnknownOutcome):
+        provider.send_batch(batch)
+    assert len(fake.messages) == 1
+    assert [o.status for o in provider.send_batch(batch)] == ["sent"]
+    assert len(fake.messages) == 1
+
+
+@pytest.mark.parametrize(
+    ("fault", "status"),
+    [
+        (text_reply(503, MAINTENANCE_PAGE), 503),
+        (504, 504),  # a gateway's status, whatever its body says
+        (Reply(500), 500),  # no body at all
+        (text_reply(500, "upstream connect error or\ndisconnect/reset before headers", "text/plain"), 500),
+        (json_reply(500, {"message": "Internal Server Error"}), 500),  # JSON, but not Resend's
+    ],
+)
+def test_a_5xx_not_known_to_come_from_resend_is_unknown(resend, fake, fault, status):
+    provider, template = resend
+    fake.faults = [fault]
+    batch = batch_of(template, ["a@example.com"])
+    with pytest.raises(UnknownOutcome) as caught:
+        provider.send_batch(batch)
+    assert_one_line(caught.value, status)
+    assert "may have been" in str(caught.value)
+    assert fake.messages == []
+    # sent again under the same key, as the engine does: nothing was taken, so now it goes out once
+    assert [o.status for o in provider.send_batch(batch)] == ["sent"]
+    assert len(fake.messages) == 1
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        json_reply(500, {"statusCode": 500, "name": "application_error", "message": "An unexpected error occurred."}),
+        json_reply(503, {"statusCode": 503, "name": "internal_server_error", "message": "Unavailable."},
+                   **{"retry-after": "30"}),
+    ],
+)
+def test_a_5xx_with_resends_error_body_is_a_refusal(resend, fake, fault):
+    provider, template = resend
+    fake.faults = [fault]
+    with pytest.raises(TransientError, match=f"server error {fault.status}") as caught:
+        provider.send_batch(batch_of(template, ["a@example.com"]))
+    assert caught.value.retry_after == (30.0 if fault.status == 503 else None)
+    assert fake.messages == []
+    assert [o.status for o in provider.send_batch(batch_of(template, ["a@example.com"]))] == ["sent"]

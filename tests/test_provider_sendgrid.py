@@ -20,9 +20,12 @@ from newsletter.providers import (
     get_provider,
 )
 
-from .fakes.httpbase import Reply, json_reply
+from .fakes.httpbase import Reply, json_reply, text_reply
 from .fakes.sendgrid import KEY, FakeSendgrid
 from .provider_util import batch_of
+
+GATEWAY_PAGE = "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body><center><h1>502 Bad Gateway</h1></center></body>\r\n</html>\r\n"
+MAINTENANCE_PAGE = "<!DOCTYPE html>\n<html><body>\n<h1>Service Unavailable</h1>\n<p>Back soon.</p>\n</body></html>\n"
 
 
 @pytest.fixture
@@ -338,3 +341,88 @@ def test_a_recipient_failed_before_the_call_stays_failed_when_the_call_fails(sen
         provider.send_batch(batch_of(template, ["jörg@example.com", "b@example.com"]))
     assert [(o.key, o.status) for o in caught.value.partial] == [(1, "failed")]
     assert "non-ASCII" in caught.value.partial[0].reason
+
+
+# -- what an answer proves: refused, or perhaps taken ---------------------------------------
+
+
+def assert_one_line(error, status):
+    text = str(error)
+    assert text.startswith("sendgrid: ") and str(status) in text
+    assert "\n" not in text and "\r" not in text and "<" not in text and len(text) < 300
+
+
+def test_a_502_after_sendgrid_took_the_mail_is_unknown_and_not_refused(sendgrid, fake):
+    provider, template = sendgrid
+    fake.faults = [("after", text_reply(502, GATEWAY_PAGE))]
+    with pytest.raises(UnknownOutcome, match="gateway error 502") as caught:
+        provider.send_batch(batch_of(template, ["a@example.com", "b@example.org"]))
+    assert_one_line(caught.value, 502)
+    assert caught.value.partial == []
+    # SendGrid queued the request, once: retrying it would give both readers a second copy
+    assert len(fake.accepted) == 1
+    assert [m["to"][0]["email"] for m in fake.messages] == ["a@example.com", "b@example.org"]
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        ("after", 504),  # even with SendGrid's own errors body: a gateway's status
+        ("after", text_reply(503, MAINTENANCE_PAGE)),
+        ("after", Reply(200)),  # 200 is not SendGrid's answer to a (non-sandbox) send
+        "drop-after",
+        "cut-after",
+    ],
+)
+def test_an_answer_lost_after_sendgrid_took_the_mail_is_unknown(sendgrid, fake, fault):
+    provider, template = sendgrid
+    fake.faults = [fault]
+    with pytest.raises(UnknownOutcome):
+        provider.send_batch(batch_of(template, ["a@example.com"]))
+    assert len(fake.accepted) == 1 and len(fake.messages) == 1
+
+
+@pytest.mark.parametrize(
+    ("fault", "status"),
+    [
+        (text_reply(503, MAINTENANCE_PAGE), 503),
+        (504, 504),  # a gateway's status, whatever its body says
+        (Reply(500), 500),  # no body at all
+        (text_reply(500, "upstream connect error or\ndisconnect/reset before headers", "text/plain"), 500),
+        (json_reply(500, {"message": "Internal Server Error"}), 500),  # JSON, but not SendGrid's
+    ],
+)
+def test_a_5xx_not_known_to_come_from_sendgrid_is_unknown(sendgrid, fake, fault, status):
+    provider, template = sendgrid
+    fake.faults = [fault]
+    with pytest.raises(UnknownOutcome) as caught:
+        provider.send_batch(batch_of(template, ["a@example.com"]))
+    assert_one_line(caught.value, status)
+    assert "may have been" in str(caught.value)
+    assert fake.messages == []  # nothing was taken here, but nothing in the answer proves it
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        json_reply(500, {"errors": [{"field": None, "message": "An internal server error occurred.", "help": None}]}),
+        json_reply(503, {"errors": [{"field": None, "message": "The v3 API is not available."}]}, **{"Retry-After": "30"}),
+    ],
+)
+def test_a_5xx_with_sendgrids_errors_body_is_a_refusal(sendgrid, fake, fault):
+    provider, template = sendgrid
+    fake.faults = [fault]
+    with pytest.raises(TransientError, match=f"server error {fault.status}") as caught:
+        provider.send_batch(batch_of(template, ["a@example.com"]))
+    assert caught.value.retry_after == (30.0 if fault.status == 503 else None)
+    assert fake.messages == []
+    assert [o.status for o in provider.send_batch(batch_of(template, ["a@example.com"]))] == ["sent"]
+
+
+def test_a_gateway_error_after_a_split_keeps_what_was_sent_and_the_rest_is_unknown(sendgrid, fake):
+    provider, template = sendgrid
+    fake.faults = [Reply(413, {"errors": [{"field": None, "message": "Payload Too Large"}]}), None, ("after", 502)]
+    with pytest.raises(UnknownOutcome) as caught:
+        provider.send_batch(batch_of(template, ["a@example.com", "b@example.com", "c@example.com", "d@example.com"]))
+    assert [(o.key, o.status) for o in caught.value.partial] == [(1, "sent"), (2, "sent")]
+    assert [m["to"][0]["email"] for m in fake.messages] == ["a@example.com", "b@example.com", "c@example.com", "d@example.com"]

@@ -17,7 +17,8 @@ Mailgun replaces ``%recipient.key%`` and its own variables (``%recipient%``,
 text has its ``%`` neutralised: ``&#37;`` in HTML (shows as ``%``), and a zero-width word
 joiner after the ``%`` in the text part.
 
-One call gets one message id from Mailgun, recorded for every recipient of the call.
+One call gets one message id from Mailgun, recorded for every recipient of the call. What
+each of Mailgun's answers proves is in the table below.
 """
 
 from __future__ import annotations
@@ -33,8 +34,40 @@ from email.utils import formataddr
 from ..errors import ConfigError
 from ..message import HeaderInjection, MessageTemplate, ascii_address, field_values, list_id
 from ..render import FIELDS, PLACEHOLDER_RE
-from . import Batch, BatchError, Envelope, FatalError, Outcome, Provider, UnsubscribeHeaders, retag
-from .http import HttpClient, json_object
+from . import (
+    Batch,
+    BatchError,
+    Envelope,
+    FatalError,
+    Outcome,
+    Provider,
+    UnknownOutcome,
+    UnsubscribeHeaders,
+    retag,
+)
+from .http import HttpClient, describe_body, json_object, one_line
+
+# What Mailgun's answers to ``POST /v3/<domain>/messages`` prove, from its API Response Codes
+# page and the Messages API reference (documentation.mailgun.com). Mailgun keeps no
+# idempotency key, so nothing unknown is sent again unless the user asks.
+#
+# | answer | what it proves | raised as |
+# |---|---|---|
+# | connection refused, connect timeout | the request never reached Mailgun | TransientError |
+# | 200 with {"id", "message"} | the call is queued: every recipient gets its own message, one id for all | all sent |
+# | 200 without an id (another shape, not JSON), any other 2xx | not the documented answer | UnknownOutcome |
+# | 400 with {"message"} about a recipient address | that call was refused whole, without saying who | halved until the address stands alone, which fails |
+# | 400 about anything else | the request is malformed | FatalError |
+# | 401, 403 | the key is refused, or the domain may not send (sandbox, unverified) | FatalError |
+# | 404 | the domain is unknown in this region (a 404 without JSON: a wrong endpoint) | FatalError |
+# | 413 | the call is too large; nothing was sent | halved until it fits; one recipient alone: FatalError |
+# | 429 | over a rate limit; try again as the answer says (Retry-After) | TransientError |
+# | 500 (any 5xx but 502/504) with Mailgun's JSON {"message"} body | an internal error on Mailgun's side, which it asks callers to retry with backoff | TransientError |
+# | 502, 504 (any body) | a gateway answered; Mailgun may have queued the call | UnknownOutcome |
+# | any other 5xx without Mailgun's JSON message (an HTML page, empty, a proxy's text) | not known to come from Mailgun | UnknownOutcome |
+# | read timeout, connection reset or closed after the request went out | the call may have been queued | UnknownOutcome |
+#
+# Mailgun's documentation lists 500 only; a 503 carrying its JSON message is read the same way.
 
 REGIONS = {"us": "https://api.mailgun.net", "eu": "https://api.eu.mailgun.net"}
 CONSTANT_FIELDS = ("web_url",)
@@ -72,6 +105,7 @@ class MailgunProvider(Provider):
             timeout=self.http_timeout(),
             auth=("api", key),
             headers={"Accept": "application/json"},
+            error_body=is_mailgun_error,
         )
         self._bodies: weakref.WeakKeyDictionary[MessageTemplate, tuple] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
@@ -175,10 +209,16 @@ class MailgunProvider(Provider):
                 exc.partial = outcomes + list(exc.partial)
                 raise
             status = response.status_code
-            if status == 200:
-                message_id = str(json_object(response).get("id", "")).strip("<>") or None
+            answer = json_object(response)
+            if status == 200 and isinstance(answer.get("id"), str) and answer["id"].strip("<>"):
+                message_id = answer["id"].strip("<>")
                 outcomes.extend(Outcome(env.key, "sent", provider_id=message_id) for env, *_ in group)
                 continue
+            if 200 <= status < 300:
+                raise UnknownOutcome(
+                    f"mailgun: answer {status} without a message id ({describe_body(response)}); "
+                    "the call may have been queued", partial=outcomes,
+                )
             message = _message(response)
             if status == 413 or (status == 400 and BAD_RECIPIENT.search(message)):
                 if len(group) > 1:
@@ -229,5 +269,12 @@ class MailgunProvider(Provider):
 
 
 
+def is_mailgun_error(response) -> bool:
+    """Mailgun's own error body: a JSON object with a ``message`` and no message id."""
+    body = json_object(response)
+    return isinstance(body.get("message"), str) and "id" not in body
+
+
 def _message(response) -> str:
-    return str(json_object(response).get("message") or response.text[:200] or response.reason or "no details").strip()
+    message = json_object(response).get("message")
+    return one_line(message, 300) if message else describe_body(response)

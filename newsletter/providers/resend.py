@@ -18,6 +18,8 @@ in request order.
 Resend allows 2 requests per second by default (``[provider] requests_per_second`` when
 yours is higher); calls are paced at 90% of that across all workers, so bursts do not run
 into 429s.
+
+What each of Resend's answers proves is in the table below.
 """
 
 from __future__ import annotations
@@ -37,7 +39,30 @@ from . import (
     TransientError,
     UnknownOutcome,
 )
-from .http import HttpClient, json_object, retry_after
+from .http import HttpClient, describe_body, json_object, one_line, retry_after
+
+# What Resend's answers to ``POST /emails/batch`` prove, from its API reference (the
+# introduction's status codes, the Errors page, Rate Limit, and the batch endpoint;
+# resend.com/docs/api-reference). Resend honours Idempotency-Key for 24 hours (the provider
+# is ``idempotent``), so the engine sends a batch whose outcome is unknown again at once,
+# under the same key: if Resend took it the first time, it replays that answer and sends
+# nothing twice.
+#
+# | answer | what it proves | raised as |
+# |---|---|---|
+# | connection refused, connect timeout | the request never reached Resend | TransientError |
+# | 200 with {"data": [{"id"}], "errors": [{"index", "message"}]} (permissive validation) | the emails listed in errors were refused, the others created, ids in request order | per email: sent or failed |
+# | 200 whose ids and errors do not add up to the batch, any other 2xx | not the documented answer | UnknownOutcome (sent again under the key) |
+# | 400 validation_error or invalid_idempotency_key, 422 | the batch is malformed | FatalError |
+# | 401 missing_api_key, 403 invalid_api_key or an unverified domain | the key or the sender is refused | FatalError |
+# | 409 concurrent_idempotent_requests | an earlier attempt under this key is still being handled | TransientError (1 s) |
+# | 409 invalid_idempotent_request | this key was used with another body: an earlier version of the batch was taken | recipients "unknown" |
+# | 429 rate_limit_exceeded | too many calls; nothing taken; wait retry-after (or ratelimit-reset) | TransientError |
+# | 429 daily_quota_exceeded, monthly_quota_exceeded | no sending until the quota resets | FatalError |
+# | 500 (any 5xx but 502/504) with Resend's {"statusCode", "name", "message"} body | Resend's servers failed to handle the call | TransientError |
+# | 502, 504 (any body) | a gateway answered; Resend may have sent the batch | UnknownOutcome (sent again under the key) |
+# | any other 5xx without Resend's error body | not known to come from Resend | UnknownOutcome (sent again under the key) |
+# | read timeout, connection reset or closed after the request went out | the batch may have been sent | UnknownOutcome (sent again under the key) |
 
 API = "https://api.resend.com"
 DEFAULT_RATE = 2.0  # requests per second, Resend's default limit
@@ -68,6 +93,7 @@ class ResendProvider(Provider):
                 "Accept": "application/json",
                 "Content-Type": "application/json",
             },
+            error_body=is_resend_error,
         )
 
     # -- checking --------------------------------------------------------------------------
@@ -168,6 +194,11 @@ class ResendProvider(Provider):
             outcomes = [Outcome(envelopes[i].key, "failed", reason=f"resend: {errors[i]}") for i in errors]
             outcomes += [Outcome(envelopes[i].key, "sent", provider_id=d.get("id")) for i, d in zip(created, data, strict=True)]
             return outcomes
+        if 200 <= status < 300:
+            raise UnknownOutcome(
+                f"resend: answer {status} ({describe_body(response)}) instead of Resend's 200; "
+                "the batch may have been sent"
+            )
         if status == 429:
             if name in QUOTA_ERRORS:
                 raise FatalError(
@@ -219,12 +250,22 @@ def _tag_value(text: str) -> str:
 
 
 
+def is_resend_error(response) -> bool:
+    """Resend's own error body: a JSON object with the answer's status as ``statusCode``, and
+    a ``name`` and a ``message``."""
+    body = json_object(response)
+    return (body.get("statusCode") == response.status_code
+            and isinstance(body.get("name"), str) and isinstance(body.get("message"), str))
+
+
 def _describe(response) -> str:
     body = json_object(response)
     name, message = body.get("name"), body.get("message")
     if name and message:
-        return f"{name}: {message}"
-    return str(message or name or response.text[:200] or response.reason or "no details")
+        return one_line(f"{name}: {message}", 300)
+    if message or name:
+        return one_line(str(message or name), 300)
+    return describe_body(response)
 
 
 def _wait(response) -> float | None:

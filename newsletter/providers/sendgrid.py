@@ -16,6 +16,8 @@ SendGrid answers 202 (queued) with no per-recipient ids; 200 would mean sandbox 
 delivers nothing, and is never asked for; each outcome records the request's
 ``X-Message-Id`` (the prefix of the ``sg_message_id`` in its events) and the
 personalization's position, e.g. ``"Vx2lN9iAT8yIXr8kJ2yGZw#17"``.
+
+What each of SendGrid's answers proves is in the table below.
 """
 
 from __future__ import annotations
@@ -39,10 +41,31 @@ from . import (
     Outcome,
     Provider,
     TransientError,
+    UnknownOutcome,
     UnsubscribeHeaders,
     retag,
 )
-from .http import HttpClient, json_object, reset_after, retry_after
+from .http import HttpClient, describe_body, json_object, one_line, reset_after, retry_after
+
+# What SendGrid's answers to ``POST /v3/mail/send`` prove, from its v3 API documentation (the
+# Errors page of the API reference and the Mail Send reference; twilio.com/docs/sendgrid).
+# SendGrid keeps no idempotency key, so nothing unknown is sent again unless the user asks.
+#
+# | answer | what it proves | raised as |
+# |---|---|---|
+# | connection refused, connect timeout | the request never reached SendGrid | TransientError |
+# | 202, no body, an X-Message-Id header | every personalization is queued for delivery | all sent |
+# | any other 2xx (200 is sandbox mode, which is never asked for) | not the documented answer to this call | UnknownOutcome |
+# | 400 with {"errors": [...]} whose fields all name personalizations | only those were refused; nothing of the call was sent | those fail, the rest are sent again |
+# | 400 about the call as a whole | the request is malformed | FatalError |
+# | 401, 403 | the key is refused, lacks Mail Send, or the sender is not a verified identity (403 may also be a temporary block after many bad calls) | FatalError |
+# | 413 | the call is over 30 MB; nothing was sent | halved until it fits; one recipient alone: FatalError |
+# | other 4xx (404, 405, 406, 415, ...) | the request's address, method or type is wrong | FatalError |
+# | 429 | over the rate limit; nothing taken until X-RateLimit-Reset (epoch seconds) | TransientError |
+# | 500 or 503 (any 5xx but 502/504) with SendGrid's {"errors": [...]} body | SendGrid failed while handling a valid call (500), or the v3 API is unavailable (503) | TransientError |
+# | 502, 504 (any body) | a gateway answered; SendGrid may have queued the mail | UnknownOutcome |
+# | any other 5xx without SendGrid's errors body | not known to come from SendGrid | UnknownOutcome |
+# | read timeout, connection reset or closed after the request went out | the mail may have been queued | UnknownOutcome |
 
 API = "https://api.sendgrid.com"
 API_EU = "https://api.eu.sendgrid.com"
@@ -88,6 +111,7 @@ class SendgridProvider(Provider):
                 "Accept": "application/json",
                 "Content-Type": "application/json",
             },
+            error_body=is_sendgrid_error,
         )
         self._prepared: weakref.WeakKeyDictionary[MessageTemplate, _Prepared] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
@@ -193,6 +217,11 @@ class SendgridProvider(Provider):
                     Outcome(item.envelope.key, "sent", provider_id=f"{message_id}#{index}" if message_id else None)
                     for index, item in enumerate(group)
                 )
+            elif 200 <= status < 300:
+                raise UnknownOutcome(
+                    f"sendgrid: answer {status} ({describe_body(response)}) instead of SendGrid's 202; "
+                    "the mail may have been queued", partial=outcomes,
+                )
             elif status == 429:
                 wait = reset_after(response, "X-RateLimit-Reset")
                 if wait is None:
@@ -286,6 +315,14 @@ def _address(email: str, name: str = "") -> dict[str, str]:
 
 
 
+def is_sendgrid_error(response) -> bool:
+    """SendGrid's own error body: a JSON object whose ``errors`` is a non-empty list of
+    objects, each with a ``message``."""
+    errors = json_object(response).get("errors")
+    return (isinstance(errors, list) and bool(errors)
+            and all(isinstance(e, dict) and isinstance(e.get("message"), str) for e in errors))
+
+
 def _errors(response) -> list[dict]:
     errors = json_object(response).get("errors")
     return [e for e in errors if isinstance(e, dict)] if isinstance(errors, list) else []
@@ -297,7 +334,7 @@ def _errors_text(response) -> str:
         message = str(error.get("message") or "").strip()
         where = error.get("field")
         parts.append(f"{message} ({where})" if where else message)
-    return "; ".join(p for p in parts if p) or response.text[:200] or response.reason or "no details"
+    return one_line("; ".join(p for p in parts if p), 300) or describe_body(response)
 
 
 def _named_personalizations(response, size: int) -> dict[int, str] | None:

@@ -1,9 +1,29 @@
 """A small threaded HTTP server on 127.0.0.1 for imitating an email service's API.
 
-Each fake subclasses :class:`FakeService`, implements ``handle(request) -> Reply`` and gets:
-a random free port, a script of failures to play before normal answers (429 with
-Retry-After, 500, a hung connection, a dropped connection, or an answer lost after the
-request was processed: "hang-after", "drop-after"), and a record of what it accepted.
+Each fake subclasses :class:`FakeService`, implements ``dispatch(request) -> Reply`` and gets
+a random free port, a record of what it accepted, and ``faults``: a script of answers to
+play, one per request, before normal answers resume. The entries come in two kinds.
+
+Not processed (the fake accepts and records nothing):
+
+- an int status: the service's own error body for that status, from ``error_reply`` (each
+  fake gives its service's shape; 429 carries Retry-After or the service's reset headers);
+- a :class:`Reply`: exactly that status, headers and body, e.g.
+  ``text_reply(503, "<html><body>Service Unavailable</body></html>")`` for a proxy's page,
+  ``Reply(500)`` for an empty body, or JSON in any shape;
+- "hang" (no answer until the client gives up) and "drop" (the connection closes unanswered).
+
+Processed (the fake takes the request as usual, records what it accepted, and then):
+
+- ``("after", Reply(...))`` or ``("after", status)``: answers with that reply, or with the
+  service's own error body for that status, instead of the normal one, e.g.
+  ``("after", text_reply(502, "<html>Bad Gateway</html>"))`` for a gateway that lost the answer;
+- "hang-after" / "drop-after": the answer never arrives (hangs, or the connection closes);
+- "cut-after": the answer's head promises a body that breaks off as the connection closes;
+- ``("delay", seconds)``: the normal answer, late.
+
+None lets a request through untouched. Only requests whose path starts with one of
+``fault_paths`` consume entries (all requests when it is empty).
 """
 
 from __future__ import annotations
@@ -40,6 +60,11 @@ def json_reply(status: int, body: Any, **headers: str) -> Reply:
     return Reply(status, body, {"Content-Type": "application/json", **headers})
 
 
+def text_reply(status: int, body: str, content_type: str = "text/html; charset=utf-8", **headers: str) -> Reply:
+    """An answer that is not JSON: a proxy's HTML page, a load balancer's plain text."""
+    return Reply(status, body, {"Content-Type": content_type, **headers})
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     service: FakeService
@@ -69,8 +94,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.service.bytes_received += len(body)
         fault = self.service.next_fault(request)
         delay = 0.0
+        after: Reply | None = None
         if isinstance(fault, tuple) and fault[0] == "delay":  # accept, then answer late
             delay, fault = fault[1], None
+        elif isinstance(fault, tuple) and fault[0] == "after":  # accept, then answer this instead
+            after, fault = fault[1], None
         if fault == "hang":
             time.sleep(self.service.hang_seconds)
             self.close_connection = True
@@ -81,8 +109,21 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.close()
             return
         reply = fault if isinstance(fault, Reply) else self.service.dispatch(request)
+        if after is not None:
+            reply = after
         if delay:
             time.sleep(delay)
+        if fault == "cut-after":  # processed; the answer breaks off after its head
+            self.service.dropped += 1
+            self.send_response(reply.status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "4096")
+            self.end_headers()
+            self.wfile.write(b'{"partial":')
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.close()
+            return
         if fault in ("hang-after", "drop-after"):  # processed, but the answer never arrives
             if fault == "hang-after":
                 time.sleep(self.service.hang_seconds)
@@ -109,10 +150,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class FakeService:
-    """Base of the fakes. ``faults`` is played in order, one entry per matching request:
-    an int status (429 gets Retry-After), "hang" (no answer, nothing accepted), "drop",
-    "hang-after" / "drop-after" (processed, but the answer never arrives), ("delay", seconds)
-    (processed, answered late) or a Reply. None lets a request through untouched."""
+    """Base of the fakes. ``faults`` is played in order, one entry per matching request, as
+    the module's docstring describes."""
 
     fault_paths: tuple[str, ...] = ()  # requests that consume faults (all when empty)
 
@@ -145,10 +184,17 @@ class FakeService:
             if not self.faults:
                 return None
             fault = self.faults.pop(0)
-        if isinstance(fault, int):
-            headers = {"Retry-After": self.retry_after} if fault == 429 else {}
-            return json_reply(fault, {"ErrorCode": fault, "Message": f"fault {fault}"}, **headers)
+        if isinstance(fault, int) and not isinstance(fault, bool):
+            return self.error_reply(fault)
+        if isinstance(fault, tuple) and fault[0] == "after" and isinstance(fault[1], int):
+            return ("after", self.error_reply(fault[1]))
         return fault
+
+    def error_reply(self, status: int) -> Reply:
+        """The service's own error answer for a scripted status; fakes give their service's
+        shape (this default is Postmark's)."""
+        headers = {"Retry-After": self.retry_after} if status == 429 else {}
+        return json_reply(status, {"ErrorCode": status, "Message": f"fault {status}"}, **headers)
 
     def dispatch(self, request: Request) -> Reply:
         raise NotImplementedError

@@ -65,12 +65,10 @@ class FakeMailgun(FakeService):
         self.messages: list[dict] = []
         self.calls = 0
 
-    def next_fault(self, request: Request):
-        fault = super().next_fault(request)
-        if isinstance(fault, Reply) and isinstance(fault.body, dict) and "ErrorCode" in fault.body:
-            text = "Too many requests" if fault.status == 429 else "Internal Server Error"
-            return json_reply(fault.status, {"message": text}, **{k: v for k, v in fault.headers.items() if k == "Retry-After"})
-        return fault
+    def error_reply(self, status: int) -> Reply:
+        if status == 429:
+            return json_reply(429, {"message": "Too many requests"}, **{"Retry-After": self.retry_after})
+        return json_reply(status, {"message": "Internal Server Error"})
 
     def dispatch(self, request: Request) -> Reply:
         expected = "Basic " + base64.b64encode(f"api:{self.key}".encode()).decode()

@@ -5,6 +5,11 @@ a body, a message stream, and, on a broadcast stream, the List-Unsubscribe heade
 200 with one result per message in order (ErrorCode 0, or 300 for a bad address and 406 for an
 address in ``inactive``), and records what it accepted in ``messages``.
 
+``retry_first`` maps a lower-cased address to how many of its next appearances are refused
+with the per-message ErrorCode 429 (Postmark's rate limit, reported inside a 200 batch
+answer); a refused message is not recorded, and once the count is used up the address is
+accepted again.
+
 Run it alone with ``python -m tests.fakes.postmark --port 0`` (prints its URL).
 """
 
@@ -26,6 +31,7 @@ class FakePostmark(FakeService):
         super().__init__()
         self.token = token
         self.inactive: set[str] = set()
+        self.retry_first: dict[str, int] = {}  # address -> appearances still to refuse with 429
         self.messages: list[dict] = []
         self.keep_bodies = keep_bodies
         self.batches = 0
@@ -60,6 +66,8 @@ class FakePostmark(FakeService):
                 results.append({"ErrorCode": 300, "Message": "Invalid 'To' address.", "To": to})
             elif address.lower() in self.inactive:
                 results.append({"ErrorCode": 406, "Message": "You tried to send to recipient(s) that have been marked as inactive.", "To": to})
+            elif self._refuse_for_now(address.lower()):
+                results.append({"ErrorCode": 429, "Message": "Rate limit exceeded; send this message again later.", "To": to})
             else:
                 message_id = str(uuid.uuid4())
                 results.append({"ErrorCode": 0, "Message": "OK", "MessageID": message_id, "To": to,
@@ -74,6 +82,15 @@ class FakePostmark(FakeService):
 
     def stats(self) -> dict:
         return {**super().stats(), "accepted": self.accepted, "batches": self.batches}
+
+    def _refuse_for_now(self, address: str) -> bool:
+        """Use up one of the address's scripted 429s, if it has any left."""
+        with self.lock:
+            left = self.retry_first.get(address, 0)
+            if left <= 0:
+                return False
+            self.retry_first[address] = left - 1
+            return True
 
     @staticmethod
     def _problem(message: dict) -> str | None:

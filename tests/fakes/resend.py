@@ -63,13 +63,10 @@ class FakeResend(FakeService):
         self.rate_limited = 0
         self._recent: dict[str, collections.deque] = collections.defaultdict(collections.deque)
 
-    def next_fault(self, request: Request):
-        fault = super().next_fault(request)
-        if isinstance(fault, Reply) and isinstance(fault.body, dict) and "ErrorCode" in fault.body:
-            if fault.status == 429:
-                return error(429, "rate_limit_exceeded", "Too many requests.", **self._limit_headers())
-            return error(fault.status, "internal_server_error", "An unexpected error occurred.")
-        return fault
+    def error_reply(self, status: int) -> Reply:
+        if status == 429:
+            return error(429, "rate_limit_exceeded", "Too many requests.", **self._limit_headers())
+        return error(status, "internal_server_error", "An unexpected error occurred.")
 
     def _limit_headers(self) -> dict[str, str]:
         return {"retry-after": self.retry_after, "ratelimit-limit": str(int(self.rate_limit)),

@@ -63,17 +63,14 @@ class FakeSendgrid(FakeService):
         self.messages: list[dict] = []
         self.accepted: list[int] = []  # body size of each accepted request
 
-    def next_fault(self, request: Request):
-        fault = super().next_fault(request)
-        if isinstance(fault, Reply) and fault.body == {"ErrorCode": 429, "Message": "fault 429"}:
+    def error_reply(self, status: int) -> Reply:
+        if status == 429:
             return errors(
                 429, (None, "too many requests"),
                 **{"X-RateLimit-Limit": "600", "X-RateLimit-Remaining": "0",
                    "X-RateLimit-Reset": str(int(time.time()) + self.reset_in)},
             )
-        if isinstance(fault, Reply) and isinstance(fault.body, dict) and "ErrorCode" in fault.body:
-            return errors(fault.status, (None, "internal error"))
-        return fault
+        return errors(status, (None, "internal error"))
 
     def dispatch(self, request: Request) -> Reply:
         if request.headers.get("authorization") != f"Bearer {self.key}":
