@@ -23,10 +23,17 @@ from newsletter import campaign as engine
 from newsletter.providers import get_provider
 from newsletter.store.schema import campaign_workers, deliveries
 
+from . import test_campaign
 from .engine_util import FakeClock, add_worker
 from .fakes.httpbase import text_reply
 from .fakes.smtp import port_of, start_auth_sink
-from .test_campaign import delivered, fake, postmark_toml, run, setup  # noqa: F401 (fixtures)
+from .test_campaign import delivered, postmark_toml, run
+from .test_send_cli import delivered as got
+from .test_send_cli import everyone as all_of
+from .test_send_cli import make_letter, newsletter, postmark, start, wait_for
+
+setup = test_campaign.setup  # the fixtures: a letter with readers, and a local Postmark
+fake = test_campaign.fake
 
 
 def statuses(store, campaign_id) -> Counter:
@@ -293,3 +300,45 @@ def test_an_answer_that_never_came_is_unknown_and_not_resent(setup, fake, kind):
     result = run(config, store, rendered)
     assert result.finished and (result.counts["sent"], result.counts["unknown"]) == (2, 2)
     assert delivered(fake) == everyone(4)
+
+
+# -- real processes ----------------------------------------------------------------------------
+
+
+def test_a_second_process_joins_a_campaign_waiting_out_a_retry_after(tmp_path, db_url, fake):
+    """`send` gets 429 with Retry-After: 8 on its first batch; `send --resume` started
+    meanwhile joins (no refusal, no takeover); both exit 0 and each reader has one copy."""
+    make_letter(tmp_path, postmark(fake, batch=4), 24, db_url)
+    fake.retry_after = "8"
+    fake.faults = [429]
+    first = start(tmp_path, "send", "--yes", db_url=db_url)
+    wait_for(lambda: len([r for r in fake.requests if r.path == "/email/batch"]) >= 1)
+    time.sleep(0.5)
+    status = newsletter(tmp_path, "status", "2026-12-01-crash", db_url=db_url).stdout
+    assert "sending" in status and "sender " in status, status
+    second = newsletter(tmp_path, "send", "--resume", "--yes", db_url=db_url)
+    assert "done: " in second.stdout  # it joined: no "busy", no "nothing to send"
+    out, err = first.communicate(timeout=60)
+    assert first.returncode == 0, err
+    assert second.returncode == 0, second.stderr
+    assert got(fake) == Counter({a: 1 for a in all_of(24)})
+    status = newsletter(tmp_path, "status", "2026-12-01-crash", db_url=db_url).stdout
+    assert "finished" in status and "24 sent of 24" in status, status
+
+
+def test_killed_midway_reads_interrupted_until_resumed(tmp_path, db_url, fake):
+    make_letter(tmp_path, postmark(fake, batch=3), 9, db_url)
+    fake.faults = [None, ("delay", 30)]
+    proc = start(tmp_path, "send", "--yes", db_url=db_url)
+    wait_for(lambda: fake.batches == 2)
+    proc.kill()
+    proc.wait()
+    status = newsletter(tmp_path, "status", db_url=db_url).stdout
+    assert "interrupted — run `newsletter send 2026-12-01-crash --resume`" in status, status
+    assert "3 in flight" in status or "3 unknown" in status, status
+    fake.faults = []
+    resumed = newsletter(tmp_path, "send", "--resume", "--yes", db_url=db_url)
+    assert resumed.returncode == 0, resumed.stderr
+    assert got(fake) == Counter({a: 1 for a in all_of(9)})
+    status = newsletter(tmp_path, "status", db_url=db_url).stdout
+    assert "finished" in status and "6 sent, 3 unknown of 9" in status, status

@@ -27,7 +27,7 @@ def fake():
         yield service
 
 
-def make_letter(root: Path, provider: str, readers: int) -> None:
+def make_letter(root: Path, provider: str, readers: int, db_url: str | None = None) -> None:
     (root / "newsletter.toml").write_text(BASIC_TOML + "\n[provider]\n" + provider)
     (root / ".env").write_text(f"NEWSLETTER_SECRET={SECRET}\nPOSTMARK_SERVER_TOKEN={TOKEN}\n")
     issue = root / "issues" / "2026-12-01-crash"
@@ -36,22 +36,22 @@ def make_letter(root: Path, provider: str, readers: int) -> None:
     (issue / "01-a.md").write_text("---\ntitle: A\n---\nSell well.\n")
     rows = "\n".join(f"r{i:03d}@example.com,Reader {i}" for i in range(readers))
     (root / "readers.csv").write_text("email,name\n" + rows + "\n")
-    assert newsletter(root, "subscribers", "import", "readers.csv").returncode == 0
+    assert newsletter(root, "subscribers", "import", "readers.csv", db_url=db_url).returncode == 0
 
 
-def env_for(root: Path) -> dict[str, str]:
+def env_for(root: Path, db_url: str | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NEWSLETTER_", "POSTMARK_"))}
-    env["NEWSLETTER_DATABASE_URL"] = f"sqlite:///{root / 'newsletter.db'}"
+    env["NEWSLETTER_DATABASE_URL"] = db_url or f"sqlite:///{root / 'newsletter.db'}"
     return env
 
 
-def newsletter(root: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([EXE, *args], cwd=root, env=env_for(root), capture_output=True, text=True,
+def newsletter(root: Path, *args: str, timeout: float = 60, db_url: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([EXE, *args], cwd=root, env=env_for(root, db_url), capture_output=True, text=True,
                           timeout=timeout)
 
 
-def start(root: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([EXE, *args], cwd=root, env=env_for(root), stdout=subprocess.PIPE,
+def start(root: Path, *args: str, db_url: str | None = None) -> subprocess.Popen:
+    return subprocess.Popen([EXE, *args], cwd=root, env=env_for(root, db_url), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
