@@ -18,11 +18,13 @@ from newsletter.message import MessageTemplate
 from newsletter.providers import (
     FatalError,
     TransientError,
+    UnknownOutcome,
     get_provider,
     provider_class,
 )
 
-from .fakes.ses import ACCESS_KEY, REGION, SECRET, FakeSes
+from .fakes.httpbase import Reply
+from .fakes.ses import ACCESS_KEY, REGION, SECRET, FakeSes, aws_error
 from .provider_util import batch_of
 
 ENV = {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET}
@@ -92,17 +94,7 @@ def test_sending_is_paced_at_the_accounts_rate(fake, configure, sample_issue):
     config = configure(f'name = "ses"\nregion = "{REGION}"\nbase_url = "{fake.url}"\nrate_limit = 4\n', env=dict(ENV))
     slower = get_provider(config)
     slower.send_batch(batch_of(template, ["x@example.com"]))
-    assert slower.pacer.rate == pytest.approx(3.6)
-
-
-def test_without_getaccount_permission_it_paces_at_the_configured_rate(fake, configure, sample_issue):
-    fake.denied = {"GetAccount"}
-    provider, template = make(configure, sample_issue, fake, extra="rate_limit = 50\n")
-    assert [o.status for o in provider.send_batch(batch_of(template, ["a@example.com"]))] == ["sent"]
-    assert provider.pacer.rate == pytest.approx(45.0)
-    assert "GetAccount is not allowed" in provider.rate_note
-    with pytest.raises(FatalError, match="may not call ses:GetAccount"):
-        provider.check()
+    assert slower.pacer.rate == pytest.approx(4.0)  # the configured rate, as it stands
 
 
 def test_a_rejected_recipient_fails_alone(fake, configure, sample_issue):
@@ -118,7 +110,7 @@ def test_a_rejected_recipient_fails_alone(fake, configure, sample_issue):
 def test_an_unverified_sender_stops_the_campaign(fake, configure, sample_issue):
     fake.identities = {"other.example"}
     provider, template = make(configure, sample_issue, fake)
-    with pytest.raises(FatalError, match="the sender ann@example.com is not a verified identity in region eu-west-1"):
+    with pytest.raises(FatalError, match="the sender ann@example.com was refused in region eu-west-1 .*MessageRejected: Email address is not verified"):
         provider.send_batch(batch_of(template, ["a@example.com"]))
     assert fake.messages == []
 
@@ -155,7 +147,7 @@ def test_a_spent_daily_quota_stops_the_campaign_with_what_was_sent(fake, configu
         ("suspended", "may no longer send"),
         ("paused", "sending is paused"),
         ("mail_from", "custom MAIL FROM domain"),
-        ("config_set", "Configuration set <weekly> does not exist.; check \\[provider\\] configuration_set"),
+        ("config_set", "Configuration set <weekly> does not exist.\\); check \\[provider\\] configuration_set"),
     ],
 )
 def test_account_wide_refusals_are_fatal(fake, configure, sample_issue, setting, text):
@@ -299,3 +291,266 @@ def test_the_server_refuses_mail_without_unsubscribe_headers(fake):
     assert caught.value.response["Error"]["Code"] == "BadRequestException"
     assert "List-Unsubscribe" in caught.value.response["Error"]["Message"]
     assert fake.messages == []
+
+
+# -- the account's rate ------------------------------------------------------------------------
+
+EMULATOR_404 = Reply(404, (
+    "<!doctype html>\n<html lang=en>\n<title>404 Not Found</title>\n<h1>Not Found</h1>\n"
+    "<p>The requested URL was not found on the server.   If you entered the URL manually\n"
+    "please check your spelling and try again.</p>\n"
+), {"Content-Type": "text/html; charset=utf-8"})
+
+
+def account_calls(fake):
+    return [r for r in fake.requests if r.path == "/v2/email/account"]
+
+
+def test_with_a_rate_limit_getaccount_is_never_called(fake, configure, sample_issue):
+    fake.denied = {"GetAccount"}
+    provider, template = make(configure, sample_issue, fake, extra="rate_limit = 50\n")
+    assert [o.status for o in provider.send_batch(batch_of(template, ["a@example.com", "b@example.com"]))] == ["sent", "sent"]
+    assert account_calls(fake) == []
+    assert provider.pacer.rate == pytest.approx(50.0)
+    with pytest.raises(FatalError, match="may not call ses:GetAccount"):  # the check still asks
+        provider.check()
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        EMULATOR_404,  # an emulator without GetAccount
+        aws_error(400, "BadRequestException", "GetAccount is not supported here."),
+        aws_error(403, "AccessDeniedException", "User is not authorized to perform: ses:GetAccount", in_header=False),
+    ],
+    ids=["404-page", "bad-request", "access-denied"],
+)
+def test_without_a_rate_limit_a_refused_getaccount_paces_at_the_sandbox_rate(fake, configure, sample_issue, answer):
+    fake.fault_paths = ("/v2/email/account",)
+    fake.faults = [answer]
+    provider, template = make(configure, sample_issue, fake)
+    assert [o.status for o in provider.send_batch(batch_of(template, ["a@example.com"]))] == ["sent"]
+    assert provider.pacer.rate == pytest.approx(0.9)  # 90% of the sandbox's 1/s
+    note = provider.rate_note
+    assert "GetAccount" in note and "1/s" in note and "rate_limit" in note
+    assert "\n" not in note and "<" not in note and len(note) <= 200
+    assert len(account_calls(fake)) == 1
+
+
+def test_a_getaccount_server_error_is_asked_again_rather_than_guessed(fake, configure, sample_issue):
+    fake.fault_paths = ("/v2/email/account",)
+    fake.faults = [503]
+    provider, template = make(configure, sample_issue, fake)
+    with pytest.raises(TransientError, match="server error 503"):
+        provider.send_batch(batch_of(template, ["a@example.com"]))
+    assert sends(fake) == []
+    assert [o.status for o in provider.send_batch(batch_of(template, ["a@example.com"]))] == ["sent"]
+    assert provider.pacer.rate == pytest.approx(180.0)
+
+
+# -- what each answer to SendEmail means ----------------------------------------------------------
+
+NOT_VERIFIED = "Email address is not verified. The following identities failed the check in region EU-WEST-1: "
+
+
+@pytest.mark.parametrize(
+    ("answer", "kind"),
+    [
+        (aws_error(400, "MessageRejected", NOT_VERIFIED + "a@example.com"), "failed"),
+        (aws_error(400, "MessageRejected", NOT_VERIFIED + "ann@example.com"), "fatal"),
+        (aws_error(400, "MessageRejected", "Did not have authority to send from email ann@example.com"), "fatal"),
+        (aws_error(400, "MessageRejected", "Sender <ann@example.com> refused by policy."), "fatal"),
+        (aws_error(400, "BadRequestException", "Illegal address: a@example.com"), "failed"),
+        (aws_error(400, "AccountSuspendedException", "Account suspended."), "fatal"),
+        (aws_error(400, "SendingPausedException", "Paused."), "fatal"),
+        (aws_error(400, "MailFromDomainNotVerifiedException", "MAIL FROM is not set up."), "fatal"),
+        (aws_error(404, "NotFoundException", "No such configuration set."), "fatal"),
+        (aws_error(403, "AccessDenied", "Not allowed.", in_header=False), "fatal"),
+        (aws_error(403, "AccessDeniedException", "Not allowed.", in_header=False), "fatal"),
+        (aws_error(403, "InvalidClientTokenId", "No such key.", in_header=False), "fatal"),
+        (aws_error(400, "RequestExpired", "Signature expired.", in_header=False), "fatal"),
+        (EMULATOR_404, "fatal"),
+        (aws_error(400, "LimitExceededException", "Too many."), "transient"),
+        (aws_error(429, "TooManyRequestsException", "Slow down."), "transient"),
+        (aws_error(400, "ThrottlingException", "Maximum sending rate exceeded."), "transient"),
+        (aws_error(400, "Throttling", "Rate exceeded."), "transient"),
+        (aws_error(500, "InternalFailure", "Failed."), "transient"),
+        (aws_error(503, "ServiceUnavailable", "Try later."), "transient"),
+        (aws_error(502, "InternalFailure", "Bad gateway."), "unknown"),
+        (aws_error(504, "InternalFailure", "Gateway timeout."), "unknown"),
+        (Reply(502, "<html><body><h1>502 Bad Gateway</h1></body></html>", {"Content-Type": "text/html"}), "unknown"),
+        (Reply(500, "<html><body>Internal Server Error</body></html>", {"Content-Type": "text/html"}), "unknown"),
+        (Reply(503, ""), "unknown"),
+    ],
+)
+def test_each_answer_is_classified_by_its_code_and_status(ses, fake, answer, kind):
+    provider, template = ses
+    provider.send_batch(batch_of(template, ["first@example.com"]))  # paced, and the issue accepted once
+    fake.faults = [answer]
+    batch = batch_of(template, ["a@example.com", "b@example.com"])
+    if kind == "failed":
+        outcomes = provider.send_batch(batch)
+        assert [o.status for o in outcomes] == ["failed", "sent"]
+        assert "\n" not in outcomes[0].reason and len(outcomes[0].reason) <= 200
+        return
+    expected = {"fatal": FatalError, "transient": TransientError, "unknown": TransientError}[kind]
+    with pytest.raises(expected) as caught:
+        provider.send_batch(batch)
+    assert type(caught.value) is expected
+    message = str(caught.value)
+    assert "\n" not in message and "</" not in message and len(message) <= 200
+    assert [(o.key, o.status) for o in caught.value.partial] == ([(1, "unknown")] if kind == "unknown" else [])
+    assert len(sends(fake)) == 2  # the refused call alone: b was never tried, nothing retried by botocore
+
+
+def test_a_refused_sender_stops_once_whatever_the_wording(fake, configure, sample_issue):
+    provider, template = make(configure, sample_issue, fake)
+    fake.faults = [aws_error(400, "MessageRejected", "Did not have authority to send from email ann@example.com")] * 3
+    with pytest.raises(FatalError, match="the sender ann@example.com was refused in region eu-west-1.*verify") as caught:
+        provider.send_batch(batch_of(template, ["a@example.com", "b@example.com", "c@example.com"]))
+    assert caught.value.partial == []
+    assert len(sends(fake)) == 1 and fake.messages == []
+
+
+def test_a_rejection_naming_nobody_stops_unless_another_reader_got_through(fake, configure, sample_issue):
+    provider, template = make(configure, sample_issue, fake)
+    rejected = aws_error(400, "MessageRejected", "Message rejected.")
+    fake.faults = [rejected, rejected]
+    with pytest.raises(FatalError, match="refused the message for 2 readers and accepted none") as caught:
+        provider.send_batch(batch_of(template, ["a@example.com", "b@example.com", "c@example.com"]))
+    assert caught.value.partial == []  # neither is marked failed: a resume tries them again
+    assert fake.messages == []
+    fake.faults = [rejected]
+    outcomes = provider.send_batch(batch_of(template, ["a@example.com", "b@example.com", "c@example.com"]))
+    by_key = {o.key: o for o in outcomes}
+    assert [by_key[k].status for k in (1, 2, 3)] == ["failed", "sent", "sent"]  # the message is fine; a's copy is not
+    assert by_key[1].reason == "ses MessageRejected: Message rejected."
+
+
+def test_every_error_message_is_one_short_line(fake, configure, sample_issue):
+    provider, template = make(configure, sample_issue, fake)
+    fake.faults = [EMULATOR_404]
+    with pytest.raises(FatalError) as caught:
+        provider.send_batch(batch_of(template, ["a@example.com"]))
+    message = str(caught.value)
+    assert message.startswith("ses: ") and "404" in message and "[provider] base_url" in message
+    assert "\n" not in message and "<" not in message and "  " not in message and len(message) <= 200
+    long = "Message rejected:\n" + "a very long explanation, " * 40
+    fake.faults = [aws_error(400, "MessageRejected", long)]
+    with pytest.raises(FatalError) as caught:
+        provider.send_batch(batch_of(template, ["a@example.com"]))
+    message = str(caught.value)
+    assert "\n" not in message and "  " not in message and len(message) <= 200
+    assert "(MessageRejected: Message rejected: a very long" in message and "…)" in message
+
+
+# -- answers that never came ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("fault", ["hang", "drop-after"])
+def test_no_answer_for_the_last_message_is_unknown_not_a_pause(ses, fake, fault):
+    provider, template = ses
+    fake.faults = [None, fault]
+    with pytest.raises(UnknownOutcome) as caught:
+        provider.send_batch(batch_of(template, ["a@example.com", "b@example.com"]))
+    assert [(o.key, o.status) for o in caught.value.partial] == [(1, "sent"), (2, "unknown")]
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("fault", [503, "drop-after", "hang"])
+def test_botocore_never_retries_a_send(fake, configure, sample_issue, monkeypatch, fault):
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "5")
+    monkeypatch.setenv("AWS_RETRY_MODE", "adaptive")
+    provider, template = make(configure, sample_issue, fake)
+    fake.faults = [fault]
+    with pytest.raises((TransientError, UnknownOutcome)):
+        provider.send_batch(batch_of(template, ["a@example.com"]))
+    assert len(sends(fake)) == 1
+    assert len(fake.messages) == (1 if fault == "drop-after" else 0)
+
+
+def test_a_send_to_an_endpoint_that_refuses_connections_is_transient(configure, sample_issue):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = configure(f'name = "ses"\nregion = "{REGION}"\nbase_url = "http://127.0.0.1:{port}"\n'
+                       "timeout = 1\nrate_limit = 5\n", env=dict(ENV))
+    provider = get_provider(config)
+    template = MessageTemplate(config, build.render(config, sample_issue), "main")
+    with pytest.raises(TransientError, match="could not connect") as caught:
+        provider.send_batch(batch_of(template, ["a@example.com", "b@example.com"]))
+    assert type(caught.value) is TransientError and caught.value.partial == []
+
+
+# -- against moto's SES v2 server ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def moto_server():
+    """moto's server, in this process on 127.0.0.1: another implementation of SES v2 than ours,
+    with its own wording (and no GetAccount)."""
+    server_module = pytest.importorskip("moto.server", reason="moto is not installed; pip install 'moto[server]'")
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def moto(moto_server):
+    """(url, sent): a freshly reset moto, and a function counting the messages it accepted."""
+    import requests
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.ses.models import ses_backends
+
+    requests.post(f"{moto_server}/moto-api/reset", timeout=5).raise_for_status()
+    yield moto_server, lambda: len(ses_backends[DEFAULT_ACCOUNT_ID][REGION].sent_messages)
+
+
+def on_moto(url, configure, sample_issue, extra=""):
+    config = configure(f'name = "ses"\nregion = "{REGION}"\nbase_url = "{url}"\ntimeout = 5\n{extra}', env=dict(ENV))
+    provider = get_provider(config)
+    calls: list[str] = []  # every HTTP attempt boto3 makes, retries included
+    provider.client.meta.events.register("before-send.sesv2", lambda request, **_: calls.append(request.url))
+    return provider, MessageTemplate(config, build.render(config, sample_issue), "main"), calls
+
+
+def verify_on_moto(url, identity):
+    client = boto3.session.Session(aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET, region_name=REGION).client(
+        "sesv2", endpoint_url=url)
+    client.create_email_identity(EmailIdentity=identity)
+
+
+def test_moto_sends_with_a_rate_limit_and_no_getaccount(moto, configure, sample_issue):
+    url, sent = moto
+    verify_on_moto(url, "example.com")
+    provider, template, calls = on_moto(url, configure, sample_issue, extra="rate_limit = 20\n")
+    outcomes = provider.send_batch(batch_of(template, ["a@example.org", "b@example.org"]))
+    assert [o.status for o in outcomes] == ["sent", "sent"] and all(o.provider_id for o in outcomes)
+    assert sent() == 2
+    assert calls == [f"{url}/v2/email/outbound-emails"] * 2  # no GetAccount, no retries
+    provider.close()
+
+
+def test_moto_without_getaccount_paces_at_the_sandbox_rate(moto, configure, sample_issue):
+    url, sent = moto
+    verify_on_moto(url, "ann@example.com")
+    provider, template, calls = on_moto(url, configure, sample_issue)
+    assert [o.status for o in provider.send_batch(batch_of(template, ["a@example.org"]))] == ["sent"]
+    assert calls[0] == f"{url}/v2/email/account"
+    if provider.rate_note:  # moto answers GetAccount with its 404 page
+        assert provider.pacer.rate == pytest.approx(0.9)
+        assert provider.rate_note.startswith("ses: GetAccount was refused (HTTP 404") and "\n" not in provider.rate_note
+    provider.close()
+
+
+def test_moto_refusing_an_unverified_sender_stops_once(moto, configure, sample_issue):
+    url, sent = moto
+    verify_on_moto(url, "other.example")
+    provider, template, calls = on_moto(url, configure, sample_issue, extra="rate_limit = 20\n")
+    with pytest.raises(FatalError, match="the sender ann@example.com was refused in region eu-west-1") as caught:
+        provider.send_batch(batch_of(template, ["a@example.org", "b@example.org", "c@example.org"]))
+    assert caught.value.partial == []
+    assert calls == [f"{url}/v2/email/outbound-emails"]  # one refusal, not one per reader
+    assert sent() == 0
+    assert "\n" not in str(caught.value) and len(str(caught.value)) <= 200
+    provider.close()

@@ -9,15 +9,18 @@ template stored in the account (created, versioned and cleaned up per issue, in 
 SES bills per message either way, and throughput is bounded by the account's maximum send
 rate, not by the number of calls.
 
-The account's rate (``GetAccount`` → ``SendQuota.MaxSendRate``, lowered by ``[provider]
-rate_limit`` when that is smaller) is respected by pacing every call at 90% of it across all
-workers. Credentials come from the environment or ``.env`` (``AWS_ACCESS_KEY_ID``,
-``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``; or ``AWS_PROFILE`` for a profile in
-``~/.aws``) and are handed to boto3 explicitly; signing is boto3's.
+With ``[provider] rate_limit`` set, every call is paced at that rate across all workers and
+``GetAccount`` is never called (an IAM policy may allow sending only). Without it the pace is
+90% of the account's maximum send rate (``GetAccount`` → ``SendQuota.MaxSendRate``); when
+``GetAccount`` is refused for any reason but the credentials, the pace is the sandbox's 1/s
+and ``rate_note`` says why. Credentials come from the environment or ``.env``
+(``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``; or ``AWS_PROFILE``
+for a profile in ``~/.aws``) and are handed to boto3 explicitly; signing is boto3's.
 """
 
 from __future__ import annotations
 
+import html
 import logging
 import re
 import threading
@@ -27,21 +30,87 @@ from botocore.config import Config as BotoConfig
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
-    ConnectionClosedError,
-    EndpointConnectionError,
+    ConnectTimeoutError,
+    CredentialRetrievalError,
+    HTTPClientError,
     InvalidRegionError,
+    NoCredentialsError,
+    ParamValidationError,
+    PartialCredentialsError,
     ProfileNotFound,
     ReadTimeoutError,
+    SSOError,
+    TokenRetrievalError,
 )
+from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from ..errors import ConfigError
 from ..message import HeaderInjection, ascii_address
-from . import Batch, FatalError, Outcome, Pacer, Provider, TransientError
+from . import (
+    Batch,
+    BatchError,
+    FatalError,
+    Outcome,
+    Pacer,
+    Provider,
+    TransientError,
+    UnknownOutcome,
+)
+
+# What SES's answers to SendEmail prove
+#
+# From the SES API v2 reference (SendEmail's errors, the common errors) and the SES developer
+# guide's pages on sending errors and sending quotas. The guide says that when a call fails
+# with an error, SES has not sent that email (and does not bill it): every answer that
+# carries an SES error code is a proven refusal of that one message. The code, not the
+# wording of the message, decides what follows; wording differs between SES and emulators.
+#
+# | answer (code, HTTP status) | what SES means | here |
+# |---|---|---|
+# | 200 with `MessageId` | accepted for delivery | sent |
+# | `MessageRejected` (400) | SES will not send this message: an unverified From, Sender or Return-Path identity, in the sandbox an unverified recipient, or content it refuses | names the sender (address or bare domain): fatal; names the reader: failed; names nobody: failed if SES took another copy of the issue in this run, else the next reader decides (taken: failed; refused too, or none left: fatal, both left queued) |
+# | `BadRequestException`, `ValidationError`, `ValidationException` (400) | the input is invalid | as `MessageRejected` |
+# | `MailFromDomainNotVerifiedException` (400) | the custom MAIL FROM domain is not verified | fatal |
+# | `AccountSuspendedException` (400) | the account may not send any more | fatal |
+# | `SendingPausedException` (400) | sending is paused for the account or the configuration set | fatal |
+# | `NotFoundException` (404) | a named resource (the configuration set) does not exist | fatal |
+# | `TooManyRequestsException` (429), `ThrottlingException`, `Throttling`, `LimitExceededException` (400) | over a rate or a quota; SES says to wait (up to 10 minutes) and send again | proven refusal (TransientError, wait 1 s); "Daily message quota exceeded" in the text: fatal until the 24-hour window moves |
+# | credentials: `UnrecognizedClientException`, `InvalidClientTokenId`, `MissingAuthenticationToken(Exception)`, `InvalidSignatureException`, `SignatureDoesNotMatch`, `IncompleteSignature(Exception)`, `ExpiredToken(Exception)`, `RequestExpired`, `OptInRequired` (400/403) | the request was not accepted as the account's | fatal |
+# | `AccessDeniedException`, `AccessDenied`, `NotAuthorized` (400/403) | the IAM identity may not call the action | fatal (for GetAccount: pace at the sandbox rate) |
+# | `InternalFailure` (500), `ServiceUnavailable` (503), any other 5xx with an SES code | SES failed or is overloaded and says so | proven refusal (TransientError) |
+# | 502, 504, or a 5xx without an SES code in the answer | a gateway or proxy answered; SES may have taken the message | unknown |
+# | read timeout, connection closed before the answer | the request went out; no answer | unknown |
+# | connection refused, connect timeout, TLS failure | the request never went out | proven refusal (TransientError) |
+# | 404 without an SES code | the endpoint has no such action (a wrong base_url, an emulator) | fatal |
+# | any other 4xx | refused; a retry sends the same request | fatal |
+#
+# One call carries one message, so "unknown" covers that reader alone: its outcome is
+# "unknown" and the rest of the batch, never sent, is a TransientError (an UnknownOutcome when
+# it was the batch's last reader). SES has no idempotency key, so botocore must not retry
+# either (one attempt per call): the campaign decides, and never resends an unknown message
+# on its own.
+#
+# GetAccount (read only; asked once per run, and only without `[provider] rate_limit`): the
+# credentials codes are fatal; throttling and 5xx are a TransientError, so it is asked again;
+# any other refusal (a send-only IAM policy, an emulator's 404 page) paces at the sandbox's 1/s
+# and `rate_note` says why.
 
 THROTTLING = {"TooManyRequestsException", "Throttling", "ThrottlingException", "LimitExceededException"}
-UNRECOGNISED = {"UnrecognizedClientException", "InvalidClientTokenId", "MissingAuthenticationTokenException"}
-SIGNATURE = {"InvalidSignatureException", "SignatureDoesNotMatch"}
-FALLBACK_RATE = 1.0  # the sandbox rate, when GetAccount may not be called
+UNRECOGNISED = {
+    "UnrecognizedClientException", "InvalidClientTokenId", "MissingAuthenticationTokenException",
+    "MissingAuthenticationToken", "InvalidAccessKeyId", "AuthFailure",
+}
+SIGNATURE = {"InvalidSignatureException", "SignatureDoesNotMatch", "IncompleteSignature", "IncompleteSignatureException"}
+EXPIRED = {"ExpiredTokenException", "ExpiredToken"}
+CLOCK = {"RequestExpired", "RequestTimeTooSkewed", "RequestInTheFuture"}
+CREDENTIALS = UNRECOGNISED | SIGNATURE | EXPIRED | CLOCK | {"OptInRequired"}
+DENIED = {"AccessDeniedException", "AccessDenied", "NotAuthorized"}
+# Refusals of one message that may concern this reader's copy or every copy.
+READER_OR_MESSAGE = {"MessageRejected", "BadRequestException", "ValidationError", "ValidationException"}
+GATEWAY = {502, 504}
+NO_CREDENTIALS = (NoCredentialsError, PartialCredentialsError, CredentialRetrievalError, TokenRetrievalError, SSOError)
+FALLBACK_RATE = 1.0  # the sandbox rate, when GetAccount does not answer
+CAP = 200  # the longest error message, in characters
 
 
 def _keep_secrets_out_of_logs() -> None:
@@ -93,7 +162,9 @@ class SesProvider(Provider):
                 "sesv2",
                 endpoint_url=self.config.provider.base_url,
                 config=BotoConfig(
-                    retries={"total_max_attempts": 1, "mode": "standard"},  # retrying is the campaign's job
+                    # One attempt, whatever AWS_MAX_ATTEMPTS says: a retry after an answer that
+                    # never came could deliver twice. Retrying is the campaign's job.
+                    retries={"total_max_attempts": 1, "mode": "standard"},
                     connect_timeout=connect,
                     read_timeout=read,
                     max_pool_connections=max(10, self.concurrency),
@@ -106,6 +177,7 @@ class SesProvider(Provider):
         self.pacer: Pacer | None = None
         self.rate_note = ""
         self._lock = threading.Lock()
+        self._accepted = False  # SES has taken a copy of the issue in this run
 
     @property
     def where(self) -> str:
@@ -143,31 +215,49 @@ class SesProvider(Provider):
         with self._lock:
             if self.pacer is None:
                 limit = self.config.provider.rate_limit
-                account = self._call("GetAccount", self.client.get_account, denied_ok=True)
-                if account is None:  # the IAM policy allows sending only
-                    rate = limit or FALLBACK_RATE
-                    self.rate_note = f"GetAccount is not allowed; pacing at {rate:g}/s"
-                else:
-                    rate = float((account.get("SendQuota") or {}).get("MaxSendRate") or FALLBACK_RATE)
                 if limit:
-                    rate = min(rate, limit)
-                self.pacer = Pacer(rate * 0.9)
+                    self.pacer = Pacer(limit)
+                    self.rate_note = f"pacing at [provider] rate_limit, {limit:g}/s"
+                else:
+                    self.pacer = Pacer(self._account_rate() * 0.9)
             return self.pacer
+
+    def _account_rate(self) -> float:
+        """The account's maximum send rate, or the sandbox's when GetAccount is refused for
+        a reason that does not stop sending too (a send-only IAM policy, an emulator)."""
+        try:
+            account = self.client.get_account()
+        except ClientError as exc:
+            code, message, status = _error(exc)
+            if code in CREDENTIALS or code in THROTTLING or status == 429 or status >= 500:
+                raise self._mapped(code, message, status, "GetAccount") from None
+            self.rate_note = _line(
+                "ses: GetAccount was refused", _what(code, message, status),
+                f"; pacing at the sandbox rate, {FALLBACK_RATE:g}/s (set [provider] rate_limit to choose)",
+            )
+            return FALLBACK_RATE
+        except BotoCoreError as exc:
+            raise self._transport(exc, "GetAccount") from None
+        return float((account.get("SendQuota") or {}).get("MaxSendRate") or FALLBACK_RATE)
 
     def send_batch(self, batch: Batch) -> list[Outcome]:
         pacer = self._ensure_pacer()
         t = batch.template
+        sender = t.sender.addr_spec
         campaign = {"Name": "nl_campaign", "Value": _tag_value(batch.label)}
         outcomes: list[Outcome] = []
+        # Readers refused by a rejection that names nobody, before SES took any copy of the
+        # issue: failed if a later copy gets through, left unsent if the campaign stops.
+        doubtful: list[Outcome] = []
         for env in batch.envelopes:
             try:
                 destination = ascii_address(env.recipient.email)
                 data = t.bytes_for(env.recipient, env.unsubscribe_url, env.message_id)
             except HeaderInjection as exc:
-                outcomes.append(Outcome(env.key, "failed", reason=f"ses: not sent: {exc}"))
+                outcomes.append(Outcome(env.key, "failed", reason=_short(f"ses: not sent: {exc}", CAP)))
                 continue
             request = {
-                "FromEmailAddress": t.sender.addr_spec,
+                "FromEmailAddress": sender,
                 "Destination": {"ToAddresses": [destination]},
                 "Content": {"Raw": {"Data": data}},
                 "EmailTags": [{"Name": "nl_delivery", "Value": str(env.key)}, campaign],
@@ -177,95 +267,144 @@ class SesProvider(Provider):
             pacer.wait()
             try:
                 response = self.client.send_email(**request)
-            except ClientError as exc:
-                outcomes.append(self._refusal(exc, env.key, outcomes))
+            except (ClientError, BotoCoreError) as exc:
+                try:
+                    reason, certain = self._refusal(exc, sender, {destination, env.recipient.email})
+                except UnknownOutcome as lost:
+                    outcomes.append(Outcome(env.key, "unknown", reason=str(lost)))
+                    if len(outcomes) == len(batch.envelopes):
+                        raise UnknownOutcome(str(lost), partial=outcomes) from None
+                    # SES takes one message per call: the rest of the batch was never sent.
+                    raise TransientError(str(lost), partial=outcomes) from None
+                except BatchError as stop:
+                    stop.partial = outcomes
+                    raise stop from None
+                failed = Outcome(env.key, "failed", reason=reason)
+                if certain or self._accepted:
+                    outcomes.append(failed)
+                elif doubtful:
+                    raise self._refused_message(reason, len(doubtful) + 1, outcomes) from None
+                else:
+                    doubtful.append(failed)
                 continue
-            except (ReadTimeoutError, ConnectionClosedError) as exc:
-                outcomes.append(Outcome(env.key, "unknown", reason=f"ses: no answer: {_transport(exc)}"))
-                raise TransientError(f"ses: {_transport(exc)} ({self.where})", partial=outcomes) from None
-            except BotoCoreError as exc:
-                raise TransientError(f"ses: {_transport(exc)} ({self.where})", partial=outcomes) from None
+            self._accepted = True
             outcomes.append(Outcome(env.key, "sent", provider_id=response.get("MessageId")))
+            outcomes += doubtful
+            doubtful.clear()
+        if doubtful:
+            raise self._refused_message(doubtful[0].reason or "", len(doubtful), outcomes)
         return outcomes
 
-    def _refusal(self, exc: ClientError, key: int, done: list[Outcome]) -> Outcome:
-        """The outcome for a recipient SES refused, or the campaign-wide error to raise."""
-        code, message, status = _error(exc)
-        if code == "MessageRejected":
-            sender = self.config.newsletter.sender
-            if {sender.email.lower(), sender.domain.lower()} & _failed_identities(message):
-                raise FatalError(
-                    f"ses: the sender {sender.email} is not a verified identity in {self.where} "
-                    f"({message}); verify the address or its domain in SES", partial=done,
-                )
-            return Outcome(key, "failed", reason=f"ses MessageRejected: {message}")
-        if code == "BadRequestException" and "address" in message.lower():
-            return Outcome(key, "failed", reason=f"ses BadRequestException: {message}")
-        raise self._mapped(code, message, status, "SendEmail", done)
+    def _refused_message(self, reason: str, readers: int, done: list[Outcome]) -> FatalError:
+        detail = reason.removeprefix("ses ")
+        return FatalError(_line(
+            f"ses: SES refused the message for {readers} reader{'s' if readers > 1 else ''} and "
+            f"accepted none in {self.where}", detail, "; fix the issue or the sender, then resume",
+        ), partial=done)
 
-    def _call(self, action: str, call, denied_ok: bool = False, **kwargs):
+    def _refusal(self, exc: ClientError | BotoCoreError, sender: str, reader: set[str]) -> tuple[str, bool]:
+        """Why SES refused this reader's copy, and whether its answer named the reader; or
+        raises the error that covers the rest of the batch (UnknownOutcome: this copy too)."""
+        if isinstance(exc, BotoCoreError):
+            raise self._transport(exc, "SendEmail")
+        code, message, status = _error(exc)
+        if code not in READER_OR_MESSAGE:
+            raise self._mapped(code, message, status, "SendEmail")
+        if _names(message, sender) or _names(message, sender.rpartition("@")[2]):
+            raise FatalError(_line(
+                f"ses: the sender {sender} was refused in {self.where}", _what(code, message, status),
+                "; verify it or its domain in SES in this region",
+            ))
+        return _short(f"ses {_what(code, message, status)}", CAP), any(_names(message, r) for r in reader)
+
+    def _call(self, action: str, call, **kwargs):
         try:
             return call(**kwargs)
         except ClientError as exc:
-            code, message, status = _error(exc)
-            if denied_ok and code == "AccessDeniedException":
-                return None
-            raise self._mapped(code, message, status, action, []) from None
-        except EndpointConnectionError as exc:
-            raise TransientError(
-                f"ses: cannot reach the SES endpoint for {self.where} ({_transport(exc)}); check [provider] region"
-            ) from None
+            raise self._mapped(*_error(exc), action) from None
         except BotoCoreError as exc:
-            raise TransientError(f"ses: {_transport(exc)} ({self.where})") from None
+            raise self._transport(exc, action) from None
 
-    def _mapped(self, code: str, message: str, status: int, action: str, done: list[Outcome]):
-        """The error to raise for a refusal that concerns the whole campaign."""
-        text = f"{code}: {message}" if message else code
-        if code in THROTTLING:
-            if "daily" in message.lower():
-                return FatalError(
-                    f"ses: the account's 24-hour sending quota is used up in {self.where} ({text}); "
-                    "resume the campaign after the quota window, or ask AWS for a higher quota",
-                    partial=done,
-                )
-            return TransientError(f"ses: throttled ({text})", retry_after=1.0, partial=done)
-        if code in UNRECOGNISED:
-            return FatalError(
-                f"ses: AWS does not recognise the credentials ({text}); check AWS_ACCESS_KEY_ID "
-                "and, for temporary credentials, AWS_SESSION_TOKEN", partial=done,
+    def _transport(self, exc: BotoCoreError, action: str) -> BatchError:
+        """The error for a call that got no answer from SES."""
+        if isinstance(exc, BotoConnectionError):  # refused, timed out or TLS failed: nothing went out
+            return TransientError(
+                f"ses: cannot reach the SES endpoint for {self.where} ({_transport_text(exc)}); check [provider] region"
             )
+        if isinstance(exc, NO_CREDENTIALS):
+            return FatalError(_line(
+                "ses: no usable AWS credentials", f"{type(exc).__name__}: {exc}",
+                "; check AWS_PROFILE, or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+            ))
+        if isinstance(exc, ParamValidationError):
+            return FatalError(_line(f"ses: boto3 refused to send the {action} request", str(exc)))
+        if action != "SendEmail":  # reading the account: asking again is harmless
+            return TransientError(f"ses: {action}: {_transport_text(exc)} ({self.where})")
+        return UnknownOutcome(
+            f"ses: no answer to SendEmail from {self.where} ({_transport_text(exc)}); the message may have been accepted"
+        )
+
+    def _mapped(self, code: str, message: str, status: int, action: str) -> BatchError:
+        """The error to raise for a refusal that concerns the whole campaign."""
+        text = _what(code, message, status)
+        has_code = _has_code(code)
+        if code in THROTTLING or (status == 429 and not has_code):
+            if "daily" in message.lower():  # SES's one hint that waiting seconds will not do
+                return FatalError(_line(
+                    f"ses: the account's 24-hour sending quota is used up in {self.where}", text,
+                    "; resume the campaign once the 24-hour window allows",
+                ))
+            return TransientError(_line("ses: throttled", text), retry_after=1.0)
+        if code in UNRECOGNISED:
+            return FatalError(_line(
+                "ses: AWS does not recognise the credentials", text,
+                "; check AWS_ACCESS_KEY_ID and, for temporary credentials, AWS_SESSION_TOKEN",
+            ))
         if code in SIGNATURE:
             if "region" in message.lower():
-                return FatalError(
-                    f"ses: the request was signed for {self.region}, which this endpoint does not "
-                    f"serve ({text}); check [provider] region", partial=done,
-                )
-            return FatalError(f"ses: AWS refused the signature ({text}); check AWS_SECRET_ACCESS_KEY", partial=done)
-        if code == "ExpiredTokenException":
-            return FatalError(f"ses: the temporary credentials have expired ({text}); renew AWS_SESSION_TOKEN", partial=done)
-        if code == "AccessDeniedException":
-            return FatalError(
-                f"ses: the AWS identity may not call ses:{action} ({text}); allow it in the IAM policy",
-                partial=done,
-            )
+                return FatalError(_line(
+                    f"ses: the request was signed for {self.region}, which this endpoint does not serve",
+                    text, "; check [provider] region",
+                ))
+            return FatalError(_line("ses: AWS refused the signature", text, "; check AWS_SECRET_ACCESS_KEY"))
+        if code in EXPIRED:
+            return FatalError(_line("ses: the temporary credentials have expired", text, "; renew AWS_SESSION_TOKEN"))
+        if code in CLOCK:
+            return FatalError(_line("ses: AWS refused the request's time", text, "; check this computer's clock"))
+        if code == "OptInRequired":
+            return FatalError(_line(f"ses: the AWS account is not signed up for SES in {self.where}", text))
+        if code in DENIED:
+            return FatalError(_line(
+                f"ses: the AWS identity may not call ses:{action}", text, "; allow it in the IAM policy",
+            ))
         if code == "AccountSuspendedException":
-            return FatalError(f"ses: the account may no longer send in {self.where} ({text}); see the SES console", partial=done)
+            return FatalError(_line(f"ses: the account may no longer send in {self.where}", text, "; see the SES console"))
         if code == "SendingPausedException":
-            return FatalError(
-                f"ses: sending is paused for the account or configuration set in {self.where} ({text}); "
-                "resume it in the SES console", partial=done,
-            )
+            return FatalError(_line(
+                f"ses: sending is paused for the account or configuration set in {self.where}", text,
+                "; resume it in the SES console",
+            ))
         if code == "MailFromDomainNotVerifiedException":
-            return FatalError(
+            return FatalError(_line(
                 f"ses: the custom MAIL FROM domain of {self.config.newsletter.sender.email} is not "
-                f"verified in {self.where} ({text}); fix its MX and SPF records", partial=done,
-            )
+                f"verified in {self.where}", text, "; fix its MX and SPF records",
+            ))
         if code == "NotFoundException":
             hint = "; check [provider] configuration_set" if self.configuration_set else ""
-            return FatalError(f"ses: {text}{hint}", partial=done)
+            return FatalError(_line("ses: SES does not know a resource this send names", text, hint))
+        if status in GATEWAY or (status >= 500 and not has_code):
+            if action == "SendEmail":
+                return UnknownOutcome(_line(
+                    f"ses: no clear answer to SendEmail from {self.where}", text,
+                    "; the message may have been accepted",
+                ))
+            return TransientError(_line(f"ses: server error {status}", text))
         if status >= 500:
-            return TransientError(f"ses: server error {status} ({text})", partial=done)
-        return FatalError(f"ses: {action} was refused ({status} {text})", partial=done)
+            return TransientError(_line(f"ses: server error {status}", text))
+        if status == 404 and not has_code:
+            setting = "base_url" if self.config.provider.base_url else "region"
+            return FatalError(_line(f"ses: {self.where} does not answer {action}", text, f"; check [provider] {setting}"))
+        return FatalError(_line(f"ses: {action} was refused", text))
 
     def close(self) -> None:
         self.client.close()
@@ -277,20 +416,68 @@ def _error(exc: ClientError) -> tuple[str, str, int]:
     return str(error.get("Code") or "Unknown"), str(error.get("Message") or "").strip(), int(status)
 
 
-def _failed_identities(message: str) -> set[str]:
-    """The identities an SES "not verified" message lists after its colon."""
-    if "failed the check" not in message:
-        return set()
-    return {part.strip().lower() for part in message.rpartition(":")[2].split(",") if part.strip()}
+def _has_code(code: str) -> bool:
+    """Whether the answer carried an AWS error code (botocore puts the HTTP status in its
+    place when the body is not SES's JSON error, e.g. a proxy's HTML page)."""
+    return bool(code) and not code.isdigit() and code != "Unknown"
 
 
-def _transport(exc: BotoCoreError) -> str:
+def _what(code: str, message: str, status: int) -> str:
+    """``Code: message`` for an SES error, ``HTTP 404: page text`` for anything else."""
+    head = code if _has_code(code) else f"HTTP {status}"
+    text = _plain(message)
+    return f"{head}: {text}" if text else head
+
+
+_MARKUP = re.compile(r"</\w+\s*>|<!doctype|<html|<br\s*/?>", re.IGNORECASE)
+_TITLE = re.compile(r"<title[^>]*>(.*?)</title\s*>", re.IGNORECASE | re.DOTALL)
+_HIDDEN = re.compile(r"<(script|style|head)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
+_TAG = re.compile(r"<[^>]*>")
+
+
+def _plain(text: str) -> str:
+    """The text on one line: an HTML page reduced to its title (or its text without tags),
+    runs of white space made one."""
+    if _MARKUP.search(text):  # a page, not SES's prose (which may quote <names> in brackets)
+        title = _TITLE.search(text)
+        page = title.group(1) if title and title.group(1).strip() else _TAG.sub(" ", _HIDDEN.sub(" ", text))
+        text = html.unescape(_TAG.sub(" ", page))
+    return " ".join(text.split())
+
+
+def _short(text: str, limit: int) -> str:
+    text = _plain(text)
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def _line(head: str, detail: str = "", tail: str = "") -> str:
+    """``head (detail)tail`` on one line, the detail cut so that the whole stays within CAP."""
+    room = CAP - len(head) - len(tail) - 3
+    detail = _short(detail, room) if room >= 20 else ""
+    return f"{head} ({detail}){tail}" if detail else f"{head}{tail}"
+
+
+_ADDRESS_CHAR = r"[\w.%+@-]"
+
+
+def _names(text: str, identity: str) -> bool:
+    """Whether ``text`` mentions ``identity`` (an address or a domain) as a whole: ann@x.org
+    is not named by joann@x.org, nor the domain x.org by ann@x.org."""
+    if not identity:
+        return False
+    pattern = rf"(?<!{_ADDRESS_CHAR}){re.escape(identity)}(?![\w%+@-]|\.\w)"
+    return re.search(pattern, text, re.IGNORECASE) is not None
+
+
+def _transport_text(exc: BotoCoreError) -> str:
     if isinstance(exc, ReadTimeoutError):
         return "the endpoint took too long to answer"
-    if isinstance(exc, ConnectionClosedError):
-        return "the connection dropped before an answer"
-    if isinstance(exc, EndpointConnectionError):
+    if isinstance(exc, ConnectTimeoutError):
+        return "the connection timed out"
+    if isinstance(exc, BotoConnectionError):
         return "could not connect"
+    if isinstance(exc, HTTPClientError):
+        return "the connection dropped before an answer"
     return type(exc).__name__
 
 
