@@ -32,6 +32,9 @@ from .test_send_cli import delivered as got
 from .test_send_cli import everyone as all_of
 from .test_send_cli import make_letter, newsletter, postmark, start, wait_for
 
+# The local SMTP server asks for a login over plain TCP, on 127.0.0.1 only.
+pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+
 setup = test_campaign.setup  # the fixtures: a letter with readers, and a local Postmark
 fake = test_campaign.fake
 
