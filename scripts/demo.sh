@@ -34,4 +34,10 @@ echo "  .demo/${issue}preview.html     the email as a reader sees it (open it in
 echo "  .demo/${issue}email.txt        the plain-text part"
 echo "  .demo/outbox/                  one .eml file per reader; open any in a mail client"
 ls "$DEMO"/outbox/*/ | head -3 | sed 's/^/    /'
-echo "  newsletter preview             the live preview (run it inside .demo/ or here)"
+echo
+echo "What to run next, in a fresh shell:"
+echo "  cd $REPO"
+echo "  .venv/bin/newsletter preview                  the live preview of this repository's issues"
+echo "  (cd .demo && ../.venv/bin/newsletter status)  the demo campaign's figures"
+echo "  .venv/bin/newsletter --help                   every command"
+echo "  pipx install .                                the command for everyday use (see the README)"

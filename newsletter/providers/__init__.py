@@ -234,7 +234,7 @@ def provider_class(name: str) -> type[Provider]:
             extra = "ses" if name == "ses" else name
             raise ConfigError(
                 f"[provider] name: {name} needs the Python package {exc.name}; run "
-                f"`pip install 'newsletter[{extra}]'`"
+                f"`pip install 'letterfold[{extra}]'`"
             ) from None
         raise ConfigError(f"[provider] name: {name!r} is not available in this version") from None
     return getattr(module, class_name)

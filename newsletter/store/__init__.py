@@ -306,7 +306,7 @@ def _engine(url: str) -> Engine:
     except ModuleNotFoundError as exc:
         raise StoreError(
             f"database {where}: the driver {exc.name!r} is not installed; for PostgreSQL run "
-            "pip install 'newsletter[postgres]'"
+            "pip install 'letterfold[postgres]'"
         ) from None
     except ArgumentError as exc:
         raise StoreError(f"database {where}: not a valid database URL ({exc})") from None
