@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
+import base64
+import email
+import email.policy
 import importlib
+import json
 import logging
+import os
+import re
+import shutil
 import socket
+import subprocess
 import sys
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from email.utils import parseaddr
+from pathlib import Path
 
 import boto3
 import pytest
@@ -275,7 +290,7 @@ def test_settings_and_credentials_come_from_the_config_and_its_environment(confi
 def test_without_boto3_the_error_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "boto3", None)
     monkeypatch.delitem(sys.modules, "newsletter.providers.ses", raising=False)
-    with pytest.raises(ConfigError, match=r"needs the Python package boto3; run `pip install 'newsletter\[ses\]'`"):
+    with pytest.raises(ConfigError, match=r"needs the Python package boto3; run `pip install 'letterfold\[ses\]'`"):
         provider_class("ses")
     monkeypatch.undo()
     importlib.import_module("newsletter.providers.ses")
@@ -553,4 +568,231 @@ def test_moto_refusing_an_unverified_sender_stops_once(moto, configure, sample_i
     assert calls == [f"{url}/v2/email/outbound-emails"]  # one refusal, not one per reader
     assert sent() == 0
     assert "\n" not in str(caught.value) and len(str(caught.value)) <= 200
+    provider.close()
+
+
+# -- against aws-ses-v2-local, an SES v2 emulator in Node.js ---------------------------------------
+#
+# Another implementation than ours and moto's, pinned in tests/emulators/package.json (2.9.0
+# runs on Node.js 18 and newer; 2.10 needs 20.19), run as its own process. What its source
+# (dist/ in node_modules) does, and so all these tests assert: SendEmail takes Raw content,
+# parses it and stores from, to (the message's To header, not Destination), subject and the
+# text and HTML bodies, but no headers; it answers {MessageId}. It checks no identity,
+# recipient, rate or quota, and accepts any SigV4 credentials. GetAccount answers the JSON in
+# its AWS_SES_ACCOUNT variable, or without one 400 {"message": "Bad Request Exception"} with no
+# error code. Any path it does not know is 404 "<UnknownOperationException/>".
+
+EMULATORS = Path(__file__).resolve().parent / "emulators"
+SES_LOCAL = EMULATORS / "node_modules" / "aws-ses-v2-local"
+SES_LOCAL_INSTALL = "run `npm ci --prefix tests/emulators` (Node.js and npm: `apt-get install nodejs npm`)"
+UNSUBSCRIBE_LINK = re.compile(r"https://letter\.example\.com/unsubscribe/[\w.-]+")
+
+
+def _ses_local_missing() -> str | None:
+    """Why aws-ses-v2-local cannot run here, or None when it can."""
+    if not (SES_LOCAL / "package.json").is_file():
+        return f"aws-ses-v2-local is not installed; {SES_LOCAL_INSTALL}"
+    if shutil.which("node") is None:
+        return f"Node.js is not installed; {SES_LOCAL_INSTALL}"
+    return None
+
+
+class SesLocal:
+    """A running aws-ses-v2-local: its URL and what it has stored."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def emails(self) -> list[dict]:
+        with urllib.request.urlopen(f"{self.url}/store", timeout=5) as answer:
+            return json.load(answer)["emails"]
+
+    def clear(self) -> None:
+        urllib.request.urlopen(urllib.request.Request(f"{self.url}/clear-store", method="POST"), timeout=5).close()
+
+
+@contextmanager
+def running_ses_local(log: Path, account: dict | None = None) -> Iterator[SesLocal]:
+    """aws-ses-v2-local on 127.0.0.1 on a port the system picks (it prints which), until the
+    block ends. ``account`` is what GetAccount answers; without it GetAccount is refused."""
+    missing = _ses_local_missing()
+    if missing:
+        pytest.skip(missing)  # with NEWSLETTER_REQUIRE_ALL=1 the run fails (conftest.py)
+    cli = SES_LOCAL / json.loads((SES_LOCAL / "package.json").read_text())["bin"]["aws-ses-v2-local"]
+    env = {k: v for k, v in os.environ.items() if k not in {"AWS_SES_ACCOUNT", "SMTP_TRANSPORT"}}
+    if account is not None:
+        env["AWS_SES_ACCOUNT"] = json.dumps(account)
+    with log.open("wb") as out:
+        process = subprocess.Popen([shutil.which("node"), str(cli), "--host", "127.0.0.1", "--port", "0"],
+                                   stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=EMULATORS)
+    try:
+        yield SesLocal(_answering(process, log))
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _answering(process: subprocess.Popen, log: Path, wait: float = 20.0) -> str:
+    """The emulator's URL once its health check answers 200."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"aws-ses-v2-local exited with {process.returncode}: {log.read_text(errors='replace')[-2000:]}")
+        port = re.search(r"server running at http://\S+:(\d+)", log.read_text(errors="replace"))
+        if port:
+            url = f"http://127.0.0.1:{port.group(1)}"
+            try:
+                with urllib.request.urlopen(f"{url}/health-check", timeout=2) as answer:
+                    if answer.status == 200:
+                        return url
+            except OSError:
+                pass
+        time.sleep(0.05)
+    pytest.fail(f"aws-ses-v2-local did not answer within {wait:g} s: {log.read_text(errors='replace')[-2000:]}")
+
+
+@pytest.fixture(scope="module")
+def ses_local_server(tmp_path_factory):
+    with running_ses_local(tmp_path_factory.mktemp("ses-local") / "emulator.log") as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def ses_local(ses_local_server):
+    """The module's emulator with an empty store."""
+    ses_local_server.clear()
+    return ses_local_server
+
+
+def on_ses_local(url, configure, sample_issue, extra=""):
+    config = configure(f'name = "ses"\nregion = "{REGION}"\nbase_url = "{url}"\ntimeout = 5\n{extra}', env=dict(ENV))
+    provider = get_provider(config)
+    sent: list = []  # every HTTP request boto3 makes, retries included
+    provider.client.meta.events.register("before-send.sesv2", lambda request, **_: sent.append(request))
+    return provider, MessageTemplate(config, build.render(config, sample_issue), "main"), sent
+
+
+def raw_message(request) -> email.message.EmailMessage:
+    """The message a SendEmail request carried (the emulator keeps no headers of it)."""
+    data = json.loads(request.body)["Content"]["Raw"]["Data"]
+    return email.message_from_bytes(base64.b64decode(data), policy=email.policy.default)
+
+
+def test_ses_local_takes_a_full_batch_at_the_rate_limit_each_reader_once_with_their_own_link(ses_local, configure, sample_issue):
+    provider, template, sent = on_ses_local(ses_local.url, configure, sample_issue, extra="rate_limit = 40\n")
+    readers = [f"r{i}@example.org" for i in range(1, provider.max_batch + 1)]
+    started = time.monotonic()
+    outcomes = provider.send_batch(batch_of(template, readers))
+    took = time.monotonic() - started
+    assert [o.status for o in outcomes] == ["sent"] * len(readers)
+    assert [r.url for r in sent] == [f"{ses_local.url}/v2/email/outbound-emails"] * len(readers)  # no GetAccount
+    assert took >= (len(readers) - 1) / 40 * 0.95  # paced at 40/s
+    stored = {e["messageId"]: e for e in ses_local.emails()}
+    assert sorted(stored) == sorted(o.provider_id for o in outcomes)  # its own ids, each once
+    assert Counter(parseaddr(t)[1] for e in stored.values() for t in e["destination"]["to"]) == Counter(readers)
+    for i, (outcome, request) in enumerate(zip(outcomes, sent, strict=True), start=1):
+        link = f"https://letter.example.com/unsubscribe/t{i}"
+        kept = stored[outcome.provider_id]
+        assert parseaddr(kept["destination"]["to"][0]) == (f"Reader {i}", f"r{i}@example.org")
+        assert parseaddr(kept["from"]) == ("Ann Berg", "ann@example.com")
+        assert kept["subject"] == "Sälj väl"  # its own MIME parser decodes our encoded words
+        assert set(UNSUBSCRIBE_LINK.findall(kept["body"]["text"])) == {link}
+        assert set(UNSUBSCRIBE_LINK.findall(kept["body"]["html"])) == {link}
+        message = raw_message(request)  # the bytes the emulator answered with this MessageId
+        assert message["List-Unsubscribe"] == f"<{link}>"
+        assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    provider.close()
+
+
+def test_ses_local_campaign_in_six_batches_on_four_workers_mails_each_reader_once(ses_local, configure, sample_issue):
+    from sqlalchemy import select
+
+    from newsletter import campaign as engine
+    from newsletter import subscribers as subs
+    from newsletter import tokens
+    from newsletter.store import open_store
+    from newsletter.store.schema import subscribers
+
+    secret = "ses-local-campaign-secret"
+    config = configure(f'name = "ses"\nregion = "{REGION}"\nbase_url = "{ses_local.url}"\ntimeout = 5\n'
+                       "rate_limit = 100\nbatch_size = 5\nconcurrency = 4\n", env={"NEWSLETTER_SECRET": secret, **ENV})
+    store = open_store(config)
+    try:
+        readers = [f"r{i}@example.org" for i in range(30)]
+        for i, address in enumerate(readers):
+            subs.add(store, address, name=f"Reader {i}", confirmed=True)
+        rendered = build.render(config, sample_issue)
+        result = engine.send_campaign(config, store, engine.start(store, rendered, "main", "ses"), rendered)
+        assert result.finished, result.stopped_reason
+        assert (result.counts["sent"], result.counts.total) == (30, 30)
+        with store.read() as conn:
+            address_of = dict(conn.execute(select(subscribers.c.id, subscribers.c.email)).all())
+        stored = ses_local.emails()
+        assert Counter(parseaddr(e["destination"]["to"][0])[1] for e in stored) == Counter(readers)
+        for kept in stored:
+            (link,) = set(UNSUBSCRIBE_LINK.findall(kept["body"]["text"]))
+            token = link.rsplit("/", 1)[1]
+            assert address_of[tokens.verify(secret, "unsubscribe", token)["s"]] == parseaddr(kept["destination"]["to"][0])[1]
+    finally:
+        store.close()
+
+
+def test_ses_local_without_an_account_paces_at_the_sandbox_rate(ses_local, configure, sample_issue):
+    provider, template, sent = on_ses_local(ses_local.url, configure, sample_issue)
+    outcomes = provider.send_batch(batch_of(template, ["a@example.org", "b@example.org"]))
+    assert [o.status for o in outcomes] == ["sent", "sent"]
+    assert [r.url.removeprefix(ses_local.url) for r in sent] == ["/v2/email/account"] + ["/v2/email/outbound-emails"] * 2
+    assert provider.pacer.rate == pytest.approx(0.9)  # its 400 without a code is a refusal, not a stop
+    assert provider.rate_note == ("ses: GetAccount was refused (HTTP 400: Bad Request Exception); pacing at the "
+                                  "sandbox rate, 1/s (set [provider] rate_limit to choose)")
+    assert len(ses_local.emails()) == 2
+    with pytest.raises(FatalError, match=r"^ses: GetAccount was refused \(HTTP 400: Bad Request Exception\)$"):
+        provider.check()  # the check cannot report an account it is not told
+    provider.close()
+
+
+SES_LOCAL_ACCOUNT = {
+    "DedicatedIpAutoWarmupEnabled": False,
+    "Details": {"AdditionalContactEmailAddresses": [], "ContactLanguage": "EN", "MailType": "MARKETING",
+                "ReviewDetails": {"CaseId": "1", "Status": "PENDING"}, "UseCaseDescription": "tests",
+                "WebsiteURL": "https://letter.example.com"},
+    "EnforcementStatus": "HEALTHY",
+    "ProductionAccessEnabled": False,
+    "SendingEnabled": True,
+    "SendQuota": {"Max24HourSend": 200, "MaxSendRate": 14, "SentLast24Hours": 3},
+    "SuppressionAttributes": {"SuppressedReasons": []},
+}
+
+
+def test_ses_local_with_an_account_paces_at_its_rate_and_the_check_reports_it(tmp_path, configure, sample_issue):
+    with running_ses_local(tmp_path / "emulator.log", account=SES_LOCAL_ACCOUNT) as emulator:
+        provider, template, sent = on_ses_local(emulator.url, configure, sample_issue)
+        line = provider.check()
+        assert line == (
+            f"ses: credentials accepted in region {REGION} at {emulator.url}; sending enabled, in the sandbox "
+            f"(only verified recipients; request production access in the SES console, or check [provider] region "
+            f"if {REGION} is not where you have it); max send rate 14/s, 3 of 200 sent in the last 24 h"
+        )
+        outcomes = provider.send_batch(batch_of(template, ["a@example.org", "b@example.org", "c@example.org"]))
+        assert [o.status for o in outcomes] == ["sent"] * 3
+        assert provider.pacer.rate == pytest.approx(12.6) and provider.rate_note == ""  # 90% of 14/s
+        assert len(emulator.emails()) == 3
+        provider.close()
+
+
+def test_ses_local_at_a_wrong_path_stops_the_campaign_at_the_first_send(ses_local, configure, sample_issue):
+    wrong = f"{ses_local.url}/ses"
+    provider, template, sent = on_ses_local(wrong, configure, sample_issue, extra="rate_limit = 20\n")
+    with pytest.raises(FatalError) as caught:
+        provider.send_batch(batch_of(template, ["a@example.org", "b@example.org"]))
+    assert str(caught.value) == (f"ses: region {REGION} at {wrong} does not answer SendEmail "
+                                 "(HTTP 404: <UnknownOperationException/>); check [provider] base_url")
+    assert caught.value.partial == [] and len(sent) == 1  # one call, not retried, b never tried
+    assert ses_local.emails() == []
+    with pytest.raises(FatalError, match="does not answer GetAccount .*check \\[provider\\] base_url"):
+        provider.check()
     provider.close()
