@@ -142,6 +142,32 @@ def test_a_database_made_by_the_first_step_alone_upgrades_in_place(db_url):
         store.close()
 
 
+def test_a_version_5_database_gains_the_webhook_token_table(db_url):
+    """Step 6: the tokens webhooks have used, one row per provider and token."""
+    from sqlalchemy import create_engine
+
+    engine = create_engine(_driver_url(db_url))
+    with engine.begin() as conn:
+        assert migrations.upgrade(conn, "test", target=5) == [1, 2, 3, 4, 5]
+        assert "webhook_tokens" not in inspect(conn).get_table_names()
+    engine.dispose()
+    store = open_store(db_url)
+    try:
+        assert _version_rows(store) == [1, 2, 3, 4, 5, 6]
+        now = dt.datetime.now(dt.UTC)
+        row = dict(provider="mailgun", token="t" * 50, signed_at=now)
+        with store.write() as conn:
+            assert inspect(conn).get_pk_constraint("webhook_tokens")["constrained_columns"] == [
+                "provider", "token"
+            ]
+            conn.execute(insert(schema.webhook_tokens).values(**row))
+            conn.execute(insert(schema.webhook_tokens).values(**{**row, "provider": "other"}))
+        with pytest.raises(StoreError, match="conflicted"), store.write() as conn:
+            conn.execute(insert(schema.webhook_tokens).values(**row))
+    finally:
+        store.close()
+
+
 def test_the_checked_in_version_1_sqlite_database_opens_and_keeps_every_row(tmp_path):
     path = tmp_path / "v1.db"
     con = sqlite3.connect(path)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from newsletter import subscribers as subs
 from newsletter.addresses import address_hash
 from newsletter.config import Config
 from newsletter.store import Store, open_store
-from newsletter.store.schema import deliveries, events, suppressions
+from newsletter.store.schema import deliveries, events, suppressions, webhook_tokens
 from newsletter.web import webhooks as wh
 from newsletter.web.app import PublicApp
 
@@ -89,8 +90,8 @@ class Hooks:
 @pytest.fixture(scope="module")
 def keys() -> dict[str, Any]:
     """Key pairs and secrets made once for this module (RSA keys take a moment to make)."""
-    return {"sendgrid": SendgridSigner(), "mailgun": MailgunSigner(), "svix": SvixSigner(),
-            "sns": SnsSigner(), "other_sns": SnsSigner()}
+    return {"sendgrid": SendgridSigner(), "mailgun": MailgunSigner(), "mailgun_primary": MailgunSigner(),
+            "svix": SvixSigner(), "sns": SnsSigner(), "other_sns": SnsSigner()}
 
 
 @pytest.fixture
@@ -102,6 +103,7 @@ def hooks(tmp_path, db_url, monkeypatch, keys):
         "POSTMARK_WEBHOOK_USER=postmark-hook\nPOSTMARK_WEBHOOK_PASSWORD=pm-5ecret-pass\n"
         f"SENDGRID_WEBHOOK_PUBLIC_KEY={sendgrid.public_key}\n"
         f"MAILGUN_WEBHOOK_SIGNING_KEY={mailgun.key}\nRESEND_WEBHOOK_SECRET={svix.secret}\n"
+        f"MAILGUN_PRIMARY_WEBHOOK_SIGNING_KEY={keys['mailgun_primary'].key}\n"
     )
     write_letter(tmp_path, web=f'ses_topic_arn = "{TOPIC_ARN}"\nsoft_bounce_limit = 3\n', env=env)
     config = load(tmp_path)
@@ -119,6 +121,9 @@ def hooks(tmp_path, db_url, monkeypatch, keys):
     yield Hooks(tmp_path, config, store, app, Client(app), clock, campaign, ids, sendgrid, mailgun, svix,
                 sns, certs, cache, confirmed)
     app.close()
+    for hook in app.webhooks.values():
+        if isinstance(hook, wh.Webhook):
+            hook.close()
     certs.stop()
     store.close()
 
@@ -284,7 +289,8 @@ def test_mailgun_permanent_failure_linked_by_our_message_id(hooks):
     assert event["kind"] == "bounce" and event["campaign_id"] == hooks.campaign.id
     assert "[address]" in event["detail"] and "ann@" not in event["detail"]
     assert hooks.suppression("ann@example.com") == "bounced"
-    assert hooks.post("mailgun", body, {"Content-Type": "application/json"}).get_json()["new"] == 0
+    replay = hooks.post("mailgun", body, {"Content-Type": "application/json"})
+    assert replay.status_code == 401 and len(hooks.events()) == 1  # its token was used
 
 
 def test_mailgun_forged_and_stale_signatures_are_refused(hooks):
@@ -298,8 +304,147 @@ def test_mailgun_forged_and_stale_signatures_are_refused(hooks):
         assert hooks.post("mailgun", json.dumps(payload).encode()).status_code == 401
     assert hooks.post("mailgun", b"timestamp=1&token=x&signature=y").status_code == 401
     assert hooks.events() == [] and hooks.suppression("bob@example.com") is None
+    assert used_tokens(hooks) == []  # a refused request uses up no token
     assert hooks.post("mailgun", json.dumps(swapped).encode()).status_code == 200  # Mailgun signs only the token
     assert hooks.suppression("cat@example.com") == "complained"
+
+
+def used_tokens(hooks: Hooks) -> list[str]:
+    with hooks.store.read() as conn:
+        return list(conn.scalars(select(webhook_tokens.c.token).order_by(webhook_tokens.c.signed_at)))
+
+
+def with_event(body: bytes, event: dict) -> bytes:
+    """The same signature block with other event data, as an attacker who captured it would send."""
+    return json.dumps({**json.loads(body), "event-data": event}).encode()
+
+
+def test_a_mailgun_signature_is_good_once(hooks):
+    genuine = hooks.mailgun.body(mailgun_event("ann@example.com", "delivered", "mg-ok"))
+    assert hooks.post("mailgun", genuine).status_code == 200
+    token = json.loads(genuine)["signature"]["token"]
+    assert used_tokens(hooks) == [token]
+    # Within the tolerance, the captured block with other event data: refused.
+    for n, reader in enumerate(("bob@example.com", "cat@example.com")):
+        forged = with_event(genuine, mailgun_event(reader, "complained", f"mg-forged-{n}"))
+        assert hooks.post("mailgun", forged).status_code == 401
+        assert hooks.suppression(reader) is None
+    assert hooks.post("mailgun", genuine).status_code == 401
+    assert [e["provider_event_id"] for e in hooks.events()] == ["mg-ok"]
+
+
+def test_a_used_mailgun_token_stays_used_after_a_restart_and_in_another_process(hooks):
+    genuine = hooks.mailgun.body(mailgun_event("ann@example.com", "delivered", "mg-ok"))
+    assert hooks.post("mailgun", genuine).status_code == 200
+    hooks.app.webhooks["mailgun"].close()
+    # Another server on the same database: its own connections, nothing in memory shared.
+    other_store = open_store(hooks.config)
+    other = PublicApp(hooks.config, other_store, clock=hooks.clock)
+    try:
+        forged = with_event(genuine, mailgun_event("bob@example.com", "complained", "mg-forged"))
+        assert Client(other).post("/webhooks/mailgun", data=forged).status_code == 401
+        assert hooks.post("mailgun", forged).status_code == 401  # and the first one, reconnected
+    finally:
+        other.close()
+        other.webhooks["mailgun"].close()
+        other_store.close()
+    assert hooks.suppression("bob@example.com") is None
+    assert len(hooks.events()) == 1
+
+
+def test_one_mailgun_token_in_several_processes_at_the_same_moment_is_accepted_once(hooks):
+    servers = 4
+    stores = [open_store(hooks.config) for _ in range(servers)]
+    apps = [PublicApp(hooks.config, s, clock=hooks.clock) for s in stores]
+    try:
+        for n, app in enumerate(apps):  # each has its connections open before the race
+            warm = hooks.mailgun.body(mailgun_event("ann@example.com", "delivered", f"warm-{n}"))
+            assert Client(app).post("/webhooks/mailgun", data=warm).status_code == 200
+        genuine = hooks.mailgun.body(mailgun_event("ann@example.com", "delivered", "mg-race"))
+        bodies = [with_event(genuine, mailgun_event(reader, "complained", f"race-{n}"))
+                  for n, reader in enumerate([*READERS, "ann@example.com"][:servers])]
+        start = threading.Barrier(servers)
+        codes: list[int] = []
+
+        def post(app: PublicApp, body: bytes) -> None:
+            client = Client(app)
+            start.wait(10)
+            codes.append(client.post("/webhooks/mailgun", data=body).status_code)
+
+        threads = [threading.Thread(target=post, args=pair) for pair in zip(apps, bodies, strict=True)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert sorted(codes) == [200] + [401] * (servers - 1)
+        assert sum(e["provider_event_id"].startswith("race-") for e in hooks.events()) == 1
+    finally:
+        for app, store in zip(apps, stores, strict=True):
+            app.close()
+            app.webhooks["mailgun"].close()
+            store.close()
+
+
+def test_used_mailgun_tokens_are_pruned_once_the_timestamp_check_refuses_them(hooks):
+    tolerance = hooks.config.web.webhook_tolerance.total_seconds()
+
+    def post_at(offset: float, event_id: str) -> bytes:
+        hooks.clock.offset = offset
+        body = hooks.mailgun.body(mailgun_event("ann@example.com", "delivered", event_id),
+                                  timestamp=int(time.time() + offset))
+        assert hooks.post("mailgun", body).status_code == 200
+        return body
+
+    first = post_at(0, "t0")
+    second = post_at(1.5 * tolerance, "t1")
+    assert len(used_tokens(hooks)) == 2  # the first could still pass a clock that lags
+    third = post_at(3 * tolerance, "t2")
+    tokens = [json.loads(b)["signature"]["token"] for b in (first, second, third)]
+    assert used_tokens(hooks) == tokens[1:]
+    # What was pruned is refused by its timestamp alone.
+    assert hooks.post("mailgun", with_event(first, mailgun_event("bob@example.com", "complained", "x"))
+                      ).status_code == 401
+    assert hooks.suppression("bob@example.com") is None
+
+
+def test_a_subaccount_event_verifies_by_its_parent_signature(hooks, keys):
+    primary = keys["mailgun_primary"]
+    subaccount = MailgunSigner()  # its own key, which this newsletter does not hold
+    event = mailgun_event("bob@example.com", "complained", "mg-sub")
+    assert hooks.post("mailgun", subaccount.body(event, parent=primary)).status_code == 200
+    assert hooks.suppression("bob@example.com") == "complained"
+    # A parent-signature made with another key, or none, proves nothing.
+    other = mailgun_event("cat@example.com", "complained", "mg-sub-2")
+    assert hooks.post("mailgun", subaccount.body(other, parent=MailgunSigner())).status_code == 401
+    assert hooks.post("mailgun", subaccount.body(other)).status_code == 401
+    # The account's own key still verifies `signature` beside a parent-signature.
+    own = hooks.mailgun.body(mailgun_event("ann@example.com", "delivered", "mg-own"), parent=primary)
+    assert hooks.post("mailgun", own).status_code == 200
+    assert hooks.suppression("cat@example.com") is None
+    # And a token is good once whichever signature verified it.
+    fresh = subaccount.body(mailgun_event("ann@example.com", "delivered", "mg-sub-3"), parent=primary)
+    assert hooks.post("mailgun", fresh).status_code == 200
+    assert hooks.post("mailgun", with_event(fresh, other)).status_code == 401
+    assert hooks.suppression("cat@example.com") is None
+
+
+def test_the_primary_mailgun_key_is_optional_and_may_stand_alone(hooks, keys):
+    primary, subaccount = keys["mailgun_primary"], MailgunSigner()
+    event = mailgun_event("bob@example.com", "complained", "mg-sub")
+    ledger = wh.TokenLedger(hooks.store)
+    without = wh.MailgunWebhook(hooks.mailgun.key, None, ledger=ledger)
+    with pytest.raises(wh.WebhookRefused, match="MAILGUN_PRIMARY_WEBHOOK_SIGNING_KEY"):
+        without.parse({}, subaccount.body(event, parent=primary))
+    alone = wh.MailgunWebhook(None, primary.key, ledger=ledger)
+    assert [e.address for e in alone.parse({}, subaccount.body(event, parent=primary))] == ["bob@example.com"]
+    with pytest.raises(wh.WebhookRefused):
+        alone.parse({}, hooks.mailgun.body(event))  # only a parent-signature can verify here
+
+    (hooks.root / ".env").write_text(f"NEWSLETTER_SECRET=x\nMAILGUN_PRIMARY_WEBHOOK_SIGNING_KEY={primary.key}\n")
+    assert isinstance(wh.webhook_for(load(hooks.root), "mailgun", store=hooks.store), wh.MailgunWebhook)
+    (hooks.root / ".env").write_text("NEWSLETTER_SECRET=x\n")
+    missing = wh.webhook_for(load(hooks.root), "mailgun")
+    assert "MAILGUN_WEBHOOK_SIGNING_KEY" in missing and "MAILGUN_PRIMARY_WEBHOOK_SIGNING_KEY" in missing
 
 
 def test_soft_bounces_suppress_after_the_limit_in_a_row(hooks):
@@ -371,6 +516,29 @@ def test_resend_forged_and_stale_requests_are_refused(hooks):
     for data, h in attempts:
         assert hooks.post("resend", data, h).status_code == 401
     assert hooks.events() == [] and hooks.suppression("ann@example.com") is None
+
+
+def test_resend_standard_webhooks_header_names_verify_like_svix(hooks):
+    body = resend_event("email.bounced", ["ann@example.com"], "Permanent")
+    headers = hooks.svix.headers(body, prefix="webhook")
+    assert "svix-id" not in headers and "webhook-signature" in headers
+    assert hooks.post("resend", body, headers).status_code == 200
+    [event] = hooks.events()
+    assert event["provider_event_id"] == headers["webhook-id"]
+    assert hooks.suppression("ann@example.com") == "bounced"
+    assert hooks.post("resend", body, headers).get_json()["new"] == 0  # a retry keeps the id
+
+    other = resend_event("email.complained", ["bob@example.com"])
+    refused = [
+        (other, {**headers, "webhook-id": "msg_other"}),  # its signature is for another message
+        (other, SvixSigner().headers(other, prefix="webhook")),
+        (other, hooks.svix.headers(other, prefix="webhook", timestamp=int(time.time()) - 600)),
+        (other, {k: v for k, v in hooks.svix.headers(other, prefix="webhook").items()
+                 if k != "webhook-timestamp"}),
+    ]
+    for data, h in refused:
+        assert hooks.post("resend", data, h).status_code == 401
+    assert hooks.suppression("bob@example.com") is None and len(hooks.events()) == 1
 
 
 def test_resend_transient_bounce_is_soft(hooks):

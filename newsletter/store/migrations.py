@@ -253,12 +253,28 @@ def _v5_campaign_workers(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE campaigns DROP COLUMN lease_expires"))
 
 
+def _v6_webhook_tokens(conn: Connection) -> None:
+    """Webhook signature tokens already used: Mailgun's signature covers the timestamp and a
+    token but not the event, so each token is accepted once."""
+    md = MetaData(naming_convention=NAMING)
+    Table(
+        "webhook_tokens",
+        md,
+        Column("provider", String(32), primary_key=True),
+        Column("token", String(200), primary_key=True),
+        Column("signed_at", UtcDateTime, nullable=False),
+        Index("ix_webhook_tokens_signed_at", "signed_at"),
+    )
+    md.create_all(conn)
+
+
 STEPS: tuple[Step, ...] = (
     Step(1, "lists, subscribers, memberships, suppressions", _v1_initial),
     Step(2, "campaigns, deliveries, events", _v2_campaigns),
     Step(3, "rate limits for the public sign-up form", _v3_rate_limits),
     Step(4, "schedule outcomes", _v4_schedule_outcomes),
     Step(5, "campaign workers and fenced claims", _v5_campaign_workers),
+    Step(6, "webhook signature tokens already used", _v6_webhook_tokens),
 )
 
 LATEST = STEPS[-1].version

@@ -241,6 +241,18 @@ rate_limits = Table(
     Index("ix_rate_limits_window_start", "window_start"),
 )
 
+# Signature tokens a webhook has already used (Mailgun signs only timestamp + token, not the
+# event): a token is good once. A row can go once its signed timestamp is past the tolerance,
+# when the timestamp check alone refuses the token.
+webhook_tokens = Table(
+    "webhook_tokens",
+    metadata,
+    Column("provider", String(32), primary_key=True),
+    Column("token", String(200), primary_key=True),
+    Column("signed_at", UtcDateTime, nullable=False),
+    Index("ix_webhook_tokens_signed_at", "signed_at"),
+)
+
 SCHEDULE_OUTCOMES = ("sent", "stopped", "failed", "missed")
 
 schedule_outcomes = Table(

@@ -7,16 +7,22 @@ the service documents it before a byte of the payload is believed:
 postmark  HTTP basic auth: the user name and password written into the webhook URL
 sendgrid  ECDSA (P-256, SHA-256) over ``timestamp + raw body``, verified with the public key
           SendGrid shows; ``X-Twilio-Email-Event-Webhook-Signature`` / ``-Timestamp``
-mailgun   HMAC-SHA256 with the webhook signing key over ``timestamp + token`` (in the body)
-resend    Svix: HMAC-SHA256 with the ``whsec_`` secret over ``svix-id.svix-timestamp.body``
+mailgun   HMAC-SHA256 with the webhook signing key over ``timestamp + token`` (in the body);
+          for a subaccount's domain also ``parent-signature``, made with the primary
+          account's key. Each token is accepted once (:class:`TokenLedger`)
+resend    Svix / Standard Webhooks: HMAC-SHA256 with the ``whsec_`` secret over
+          ``id.timestamp.body``, headers ``svix-*`` or ``webhook-*``
 ses       Amazon SNS message signature, SignatureVersion 2 (RSA with SHA-256), with the
           signing certificate fetched over HTTPS from an SNS host of amazonaws.com only;
           the topic must be the configured ``[web] ses_topic_arn``
 ========  =================================================================================
 
 A signed timestamp older (or newer) than ``[web] webhook_tolerance`` is a replay and refused.
-Postmark signs nothing, so its requests carry no timestamp to check; for every service a
-replay of an event already recorded changes nothing (events are unique per provider id).
+Mailgun's signature does not cover the event, so within that window a captured signature
+could be sent again with other event data: its token is recorded in the database and a
+token seen before is refused. Postmark signs nothing, so its requests carry no timestamp to
+check; for every service a replay of an event already recorded changes nothing (events are
+unique per provider id).
 
 Parsing maps a service's payload to :class:`WebhookEvent`: a kind from one vocabulary
 (``bounce``, ``soft_bounce``, ``complaint``, ``unsubscribe``, ``delivered``, ...), the
@@ -34,6 +40,7 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import logging
 import re
 import threading
 import time
@@ -43,14 +50,16 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from sqlalchemy import Connection, and_, func, select, update
+from sqlalchemy import Connection, Table, and_, delete, func, select, update
 
 from ..addresses import hash_key, parse_address
 from ..config import Config
-from ..errors import InvalidAddress, NewsletterError
-from ..store import Store
-from ..store.schema import campaigns, deliveries, events, memberships, subscribers
+from ..errors import InvalidAddress, NewsletterError, StoreError
+from ..store import Store, open_store
+from ..store.schema import campaigns, deliveries, events, memberships, subscribers, webhook_tokens
 from ..subscribers import suppress_hash
+
+log = logging.getLogger("newsletter.web")
 
 BOUNCE = "bounce"
 SOFT_BOUNCE = "soft_bounce"
@@ -160,6 +169,9 @@ class Webhook:
     def check_time(self, stamp: float) -> None:
         if abs(self.clock() - stamp) > self.tolerance:
             raise WebhookRefused(f"{self.name}: the signed timestamp is outside the allowed window")
+
+    def close(self) -> None:
+        """Let go of anything the verifier opened (a database connection, for Mailgun)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,14 +330,110 @@ class SendgridWebhook(Webhook):
 # Mailgun
 
 
+class TokenLedger:
+    """Signature tokens already used, in the database, so that a token is good once across
+    restarts and across every process that serves the webhooks.
+
+    ``store`` is the store, or a function that opens one on first use (then this ledger owns
+    it and :meth:`close` closes it). A row is kept while its signed timestamp could still pass
+    the tolerance check, with as much again for clocks that differ between machines, and is
+    pruned after that: by then the timestamp check refuses the token on its own."""
+
+    def __init__(self, store: Store | Callable[[], Store]) -> None:
+        self._store = store if isinstance(store, Store) else None
+        self._open = None if isinstance(store, Store) else store
+        self._owned = False
+        self._lock = threading.Lock()
+        self._next_prune = float("-inf")
+
+    @property
+    def store(self) -> Store:
+        with self._lock:
+            if self._store is None:
+                assert self._open is not None
+                self._store = self._open()
+                self._owned = True
+            return self._store
+
+    def claim(self, provider: str, token: str, signed_at: float, *, now: float, tolerance: float) -> bool:
+        """Record ``token`` as used; False when it was used before. Two requests with one
+        token at the same moment, in any processes: the primary key lets one row in, and the
+        other request finds it there."""
+        store = self.store
+        with store.write() as conn:
+            inserted = conn.execute(
+                _insert(conn, webhook_tokens)
+                .values(provider=provider, token=token, signed_at=dt.datetime.fromtimestamp(signed_at, dt.UTC))
+                .on_conflict_do_nothing(index_elements=["provider", "token"])
+                .returning(webhook_tokens.c.token)
+            ).first()
+        if now >= self._next_prune:
+            self._next_prune = now + tolerance
+            self.prune(provider, before=now - 2 * tolerance)
+        return inserted is not None
+
+    def prune(self, provider: str, *, before: float) -> None:
+        """Forget tokens signed before ``before``: housekeeping, in a transaction of its own,
+        whose failure (another process pruning at the same moment) is only logged."""
+        cutoff = dt.datetime.fromtimestamp(before, dt.UTC)
+        try:
+            with self.store.write() as conn:
+                conn.execute(delete(webhook_tokens).where(
+                    webhook_tokens.c.provider == provider, webhook_tokens.c.signed_at < cutoff))
+        except StoreError as exc:
+            log.warning("webhook %s: old signature tokens not pruned this time: %s", provider, exc)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._owned and self._store is not None:
+                self._store.close()
+                self._store = None
+
+
+def _hmac_matches(key: bytes | None, signed: bytes, given: Any) -> bool:
+    if not key or not isinstance(given, str) or not given.strip():
+        return False
+    expected = hmac.new(key, signed, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected.encode("ascii"), given.strip().lower().encode("utf-8"))
+
+
 class MailgunWebhook(Webhook):
-    """HMAC-SHA256 of timestamp + token with the webhook signing key; JSON body."""
+    """HMAC-SHA256 of timestamp + token with the webhook signing key; JSON body.
+
+    Events of a subaccount's domain also carry ``parent-signature``, the same HMAC made with
+    the primary account's signing key: it is accepted when ``signature`` does not verify and
+    the primary key is configured. Either signature covers only the timestamp and the token,
+    so each token is accepted once (``ledger``)."""
 
     name = "mailgun"
+    MAX_TOKEN = 200  # Mailgun's are 50 characters
 
-    def __init__(self, signing_key: str, **kw: Any) -> None:
+    def __init__(self, signing_key: str | None, primary_key: str | None = None, *, ledger: TokenLedger,
+                 **kw: Any) -> None:
         super().__init__(**kw)
-        self.key = signing_key.encode("utf-8")
+        if not signing_key and not primary_key:
+            raise NewsletterError(f"mailgun webhooks need {ENV_MAILGUN_KEY} or {ENV_MAILGUN_PRIMARY_KEY}")
+        self.key = signing_key.encode("utf-8") if signing_key else None
+        self.primary_key = primary_key.encode("utf-8") if primary_key else None
+        self.ledger = ledger
+
+    def verify(self, sig: dict[str, Any]) -> tuple[str, str]:
+        """The signed timestamp and token, once a signature matches and the time is fresh."""
+        stamp, token = (str(sig.get(k) or "") for k in ("timestamp", "token"))
+        given, parent = sig.get("signature"), sig.get("parent-signature")
+        if not stamp.isdigit() or not token or not (given or parent):
+            raise WebhookRefused("mailgun: the signature is incomplete")
+        if len(token) > self.MAX_TOKEN:
+            raise WebhookRefused("mailgun: the token is longer than Mailgun's")
+        signed = (stamp + token).encode("utf-8")
+        if not (_hmac_matches(self.key, signed, given) or _hmac_matches(self.primary_key, signed, parent)):
+            hint = ""
+            if parent and not self.primary_key:
+                hint = (f" (the event is from a subaccount: set {ENV_MAILGUN_PRIMARY_KEY} to the primary "
+                        "account's HTTP webhook signing key to check its parent-signature)")
+            raise WebhookRefused(f"mailgun: the signature does not match{hint}")
+        self.check_time(int(stamp))
+        return stamp, token
 
     def parse(self, headers: Mapping[str, str], body: bytes) -> list[WebhookEvent]:
         try:
@@ -335,17 +443,17 @@ class MailgunWebhook(Webhook):
         sig = payload.get("signature") if isinstance(payload, dict) else None
         if not isinstance(sig, dict):
             raise WebhookRefused("mailgun: no signature in the body")
-        stamp, token, given = (str(sig.get(k) or "") for k in ("timestamp", "token", "signature"))
-        if not stamp.isdigit() or not token or not given:
-            raise WebhookRefused("mailgun: the signature is incomplete")
-        expected = hmac.new(self.key, (stamp + token).encode("utf-8"), hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(expected.encode("ascii"), given.strip().lower().encode("utf-8")):
-            raise WebhookRefused("mailgun: the signature does not match")
-        self.check_time(int(stamp))
+        stamp, token = self.verify(sig)
         data = payload.get("event-data")
         if not isinstance(data, dict):
             raise WebhookInvalid("mailgun: no event-data")
-        return [self.event(data)]
+        found = [self.event(data)]
+        if not self.ledger.claim(self.name, token, int(stamp), now=self.clock(), tolerance=self.tolerance):
+            raise WebhookRefused("mailgun: this signature's token was used before; a replay is refused")
+        return found
+
+    def close(self) -> None:
+        self.ledger.close()
 
     def event(self, d: dict[str, Any]) -> WebhookEvent:
         name = str(d.get("event", ""))
@@ -369,9 +477,15 @@ class MailgunWebhook(Webhook):
 
 
 class ResendWebhook(Webhook):
-    """Svix signatures: ``v1,<base64 HMAC>`` entries over ``id.timestamp.body``."""
+    """Svix signatures: ``v1,<base64 HMAC>`` entries over ``id.timestamp.body``. The same
+    scheme comes under Svix's header names and under the Standard Webhooks ones; either set
+    is accepted, each whole (an id, timestamp and signature from one set)."""
 
     name = "resend"
+    HEADERS: ClassVar[tuple[tuple[str, str, str], ...]] = (
+        ("svix-id", "svix-timestamp", "svix-signature"),
+        ("webhook-id", "webhook-timestamp", "webhook-signature"),
+    )
 
     def __init__(self, secret: str, **kw: Any) -> None:
         super().__init__(**kw)
@@ -384,23 +498,28 @@ class ResendWebhook(Webhook):
                 "Resend's webhook page"
             ) from None
 
-    def verify(self, headers: Mapping[str, str], body: bytes) -> str:
-        msg_id = headers.get("svix-id") or ""
-        stamp = (headers.get("svix-timestamp") or "").strip()
-        given = headers.get("svix-signature") or ""
-        if not msg_id or not stamp.isdigit() or not given:
-            raise WebhookRefused("resend: the svix headers are missing")
-        signed = f"{msg_id}.{stamp}.".encode() + body
-        expected = base64.b64encode(hmac.new(self.key, signed, hashlib.sha256).digest())
+    def signed(self, msg_id: str, stamp: str, given: str, body: bytes) -> bool:
+        """One of the space-separated ``v1,`` signatures is ours over ``id.timestamp.body``."""
+        expected = base64.b64encode(hmac.new(self.key, f"{msg_id}.{stamp}.".encode() + body,
+                                             hashlib.sha256).digest())
         matched = False
         for entry in given.split():
             version, _, value = entry.partition(",")
             if version == "v1" and hmac.compare_digest(expected, value.encode("utf-8")):
                 matched = True
-        if not matched:
-            raise WebhookRefused("resend: the signature does not match")
-        self.check_time(int(stamp))
-        return msg_id
+        return matched
+
+    def verify(self, headers: Mapping[str, str], body: bytes) -> str:
+        found = [(headers.get(i) or "", (headers.get(t) or "").strip(), headers.get(s) or "")
+                 for i, t, s in self.HEADERS]
+        complete = [(i, t, s) for i, t, s in found if i and t.isdigit() and s]
+        if not complete:
+            raise WebhookRefused("resend: the svix-* (or webhook-*) signature headers are missing")
+        for msg_id, stamp, given in complete:
+            if self.signed(msg_id, stamp, given, body):
+                self.check_time(int(stamp))
+                return msg_id
+        raise WebhookRefused("resend: the signature does not match")
 
     def parse(self, headers: Mapping[str, str], body: bytes) -> list[WebhookEvent]:
         msg_id = self.verify(headers, body)
@@ -617,23 +736,35 @@ class SesWebhook(Webhook):
 # ---------------------------------------------------------------------------------------------
 # From the configuration
 
+ENV_MAILGUN_KEY = "MAILGUN_WEBHOOK_SIGNING_KEY"
+ENV_MAILGUN_PRIMARY_KEY = "MAILGUN_PRIMARY_WEBHOOK_SIGNING_KEY"  # a subaccount's primary account
 ENV = {
     "postmark": ("POSTMARK_WEBHOOK_USER", "POSTMARK_WEBHOOK_PASSWORD"),
     "sendgrid": ("SENDGRID_WEBHOOK_PUBLIC_KEY",),
-    "mailgun": ("MAILGUN_WEBHOOK_SIGNING_KEY",),
     "resend": ("RESEND_WEBHOOK_SECRET",),
 }
 
 
 def webhook_for(config: Config, provider: str, *, clock: Callable[[], float] = time.time,
                 certificates: CertificateCache | None = None,
-                confirm: Callable[[str], Any] | None = None) -> Webhook | str:
-    """The verifier for ``provider``, or a sentence saying what is missing to enable it."""
+                confirm: Callable[[str], Any] | None = None,
+                store: Store | None = None) -> Webhook | str:
+    """The verifier for ``provider``, or a sentence saying what is missing to enable it.
+
+    Mailgun's records the tokens it has seen in ``store``; without one it opens the
+    configured database itself when the first Mailgun request comes."""
     kw: dict[str, Any] = {"tolerance": config.web.webhook_tolerance.total_seconds(), "clock": clock}
     if provider == "ses":
         if not config.web.ses_topic_arn:
             return "set [web] ses_topic_arn to the SNS topic of your SES notifications"
         return SesWebhook(config.web.ses_topic_arn, certificates, confirm, **kw)
+    if provider == "mailgun":
+        key, primary = config.secret(ENV_MAILGUN_KEY), config.secret(ENV_MAILGUN_PRIMARY_KEY)
+        if not key and not primary:
+            return (f"set {ENV_MAILGUN_KEY} in the environment or .env (for a subaccount's domain, "
+                    f"{ENV_MAILGUN_PRIMARY_KEY} may stand in for it)")
+        ledger = TokenLedger(store if store is not None else (lambda: open_store(config)))
+        return MailgunWebhook(key, primary, ledger=ledger, **kw)
     names = ENV.get(provider)
     if names is None:
         return f"{provider!r} is not a provider with webhooks ({', '.join(PROVIDERS)})"
@@ -642,8 +773,7 @@ def webhook_for(config: Config, provider: str, *, clock: Callable[[], float] = t
     if missing:
         return f"set {' and '.join(missing)} in the environment or .env"
     factory: dict[str, Callable[..., Webhook]] = {
-        "postmark": PostmarkWebhook, "sendgrid": SendgridWebhook, "mailgun": MailgunWebhook,
-        "resend": ResendWebhook,
+        "postmark": PostmarkWebhook, "sendgrid": SendgridWebhook, "resend": ResendWebhook,
     }
     return factory[provider](*values, **kw)
 
@@ -697,14 +827,19 @@ def campaign_for(conn: Connection, message_ids: Iterable[str]) -> int | None:
     return None
 
 
-def _insert_event(conn: Connection, values: dict[str, Any]) -> bool:
-    """Insert unless the provider's event id is recorded already; True when inserted."""
+def _insert(conn: Connection, table: Table) -> Any:
+    """An INSERT that can say ON CONFLICT DO NOTHING, in the connection's dialect."""
     if conn.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert
+    return insert(table)
+
+
+def _insert_event(conn: Connection, values: dict[str, Any]) -> bool:
+    """Insert unless the provider's event id is recorded already; True when inserted."""
     inserted = conn.execute(
-        insert(events).values(**values)
+        _insert(conn, events).values(**values)
         .on_conflict_do_nothing(index_elements=["provider", "provider_event_id"])
         .returning(events.c.id)
     ).first()
@@ -786,6 +921,7 @@ __all__ = [
     "ResendWebhook",
     "SendgridWebhook",
     "SesWebhook",
+    "TokenLedger",
     "Webhook",
     "WebhookEvent",
     "WebhookInvalid",

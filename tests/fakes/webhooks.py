@@ -2,8 +2,10 @@
 
 * SendGrid: an ECDSA P-256 key pair; the public key as SendGrid shows it (base64 DER), the
   signature base64 DER over ``timestamp + body``.
-* Mailgun: an HMAC-SHA256 signing key over ``timestamp + token``, inside the JSON body.
-* Resend: a Svix ``whsec_`` secret; ``v1,`` base64 HMAC-SHA256 over ``id.timestamp.body``.
+* Mailgun: an HMAC-SHA256 signing key over ``timestamp + token``, inside the JSON body (and,
+  for a subaccount's event, ``parent-signature`` with the primary account's key).
+* Resend: a Svix ``whsec_`` secret; ``v1,`` base64 HMAC-SHA256 over ``id.timestamp.body``,
+  under the ``svix-*`` or the Standard Webhooks ``webhook-*`` header names.
 * Postmark: basic-auth credentials.
 * SES: a test certificate authority and an SNS signing certificate it issued, served by a
   local HTTP server standing in for the SNS certificate host; messages signed with
@@ -63,14 +65,19 @@ class MailgunSigner:
     def __init__(self) -> None:
         self.key = "key-" + os.urandom(16).hex()
 
-    def body(self, event_data: dict[str, Any], timestamp: int | None = None) -> bytes:
+    def sign(self, stamp: str, token: str) -> str:
+        return hmac.new(self.key.encode(), (stamp + token).encode(), hashlib.sha256).hexdigest()
+
+    def body(self, event_data: dict[str, Any], timestamp: int | None = None, *, token: str | None = None,
+             parent: MailgunSigner | None = None) -> bytes:
+        """A webhook body; with ``parent``, as a subaccount's event: ``parent-signature``
+        made with the primary account's key beside this (sub)account's ``signature``."""
         stamp = str(int(time.time()) if timestamp is None else timestamp)
-        token = os.urandom(25).hex()
-        signature = hmac.new(self.key.encode(), (stamp + token).encode(), hashlib.sha256).hexdigest()
-        return json.dumps({
-            "signature": {"timestamp": stamp, "token": token, "signature": signature},
-            "event-data": event_data,
-        }).encode()
+        token = token or os.urandom(25).hex()
+        signature = {"timestamp": stamp, "token": token, "signature": self.sign(stamp, token)}
+        if parent is not None:
+            signature["parent-signature"] = parent.sign(stamp, token)
+        return json.dumps({"signature": signature, "event-data": event_data}).encode()
 
 
 class SvixSigner:
@@ -78,15 +85,18 @@ class SvixSigner:
         self.raw = os.urandom(24)
         self.secret = "whsec_" + base64.b64encode(self.raw).decode()
 
-    def headers(self, body: bytes, msg_id: str | None = None, timestamp: int | None = None) -> dict[str, str]:
+    def headers(self, body: bytes, msg_id: str | None = None, timestamp: int | None = None,
+                prefix: str = "svix") -> dict[str, str]:
+        """Signed headers under Svix's names, or with ``prefix="webhook"`` the Standard
+        Webhooks names for the same scheme."""
         msg_id = msg_id or f"msg_{uuid.uuid4().hex}"
         stamp = str(int(time.time()) if timestamp is None else timestamp)
         digest = hmac.new(self.raw, f"{msg_id}.{stamp}.".encode() + body, hashlib.sha256).digest()
         return {
             "Content-Type": "application/json",
-            "svix-id": msg_id,
-            "svix-timestamp": stamp,
-            "svix-signature": f"v1,{base64.b64encode(b'not-it').decode()} v1,{base64.b64encode(digest).decode()}",
+            f"{prefix}-id": msg_id,
+            f"{prefix}-timestamp": stamp,
+            f"{prefix}-signature": f"v1,{base64.b64encode(b'not-it').decode()} v1,{base64.b64encode(digest).decode()}",
         }
 
 
