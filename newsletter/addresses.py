@@ -29,6 +29,10 @@ class ParsedAddress:
 # Characters that could end a mail header or smuggle another one in: C0 and C1 controls
 # (CR, LF and NUL among them) and the Unicode line and paragraph separators.
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# A run of them with the spaces around it, for single_line().
+_FOLD = re.compile("[ ]*[\x00-\x1f\x7f-\x9f\u2028\u2029][ \x00-\x1f\x7f-\x9f\u2028\u2029]*")
+# Lone surrogates: text decoded from bytes that were not UTF-8; no header can encode them.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 # A plain ASCII local part (RFC 5322 dot-atom): the shape of nearly every real address, and
 # one email-validator accepts as it is, so the quick path below may take it.
 _PLAIN_LOCAL = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
@@ -109,11 +113,24 @@ def address_hash(raw: str) -> str:
     return parse_address(raw).hash
 
 
+def single_line(text: str | None) -> str:
+    """Free text (a name, a note, a list title) on one line: every run of line breaks and
+    other control characters, with the spaces around it, becomes one space. A line break
+    in a name is cosmetic (a spreadsheet cell edited with Alt+Enter), not a reason to lose
+    the reader."""
+    return _FOLD.sub(" ", text or "").strip()
+
+
 def clean_name(raw: str | None) -> str:
-    """A display name fit for a From/To header, or InvalidAddress saying what is wrong."""
-    name = (raw or "").strip()
+    """A display name fit for a From/To header (folded onto one line), or InvalidAddress
+    saying what is wrong with it even then."""
+    name = single_line(raw)
+    if _SURROGATE.search(name):
+        raise InvalidAddress(
+            f"the name {name!r} holds bytes that are not UTF-8 text; names go into mail headers"
+        )
     bad = unsafe_character(name)
-    if bad:
+    if bad:  # folding leaves none; kept so that no path around it can reach a header
         raise InvalidAddress(f"the name {name!r} contains {bad}; names go into mail headers")
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidAddress(f"the name is longer than {MAX_NAME_LENGTH} characters")

@@ -89,9 +89,12 @@ class ProviderSettings:
     options: Mapping[str, Any]  # the service's own options, checked by its adapter
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class DatabaseSettings:
     url: str
+
+    def __repr__(self) -> str:
+        return f"DatabaseSettings(url={mask_url(self.url)!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,14 +194,38 @@ def load(path: Path | str | None = None, environ: Mapping[str, str] | None = Non
 
 def load_env(root: Path, environ: Mapping[str, str] | None = None) -> Mapping[str, str]:
     """The process environment over the values of ``root/.env`` (the environment wins)."""
-    from dotenv import dotenv_values
-
     merged: dict[str, str] = {}
     env_file = root / ".env"
     if env_file.is_file():
-        merged.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+        merged.update(_read_env_file(env_file))
     merged.update(os.environ if environ is None else environ)
     return MappingProxyType(merged)
+
+
+def _read_env_file(env_file: Path) -> dict[str, str]:
+    """The values in a .env file; a file that is not UTF-8 is one ConfigError naming the
+    line (python-dotenv would raise UnicodeDecodeError from deep inside)."""
+    import io
+
+    from dotenv import dotenv_values
+
+    shown = _display_path(env_file)
+    try:
+        data = env_file.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot be read: {exc.strerror}", shown) from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        offset = exc.start + (3 if data.startswith(b"\xef\xbb\xbf") else 0)
+        line = data[:offset].count(b"\n") + 1
+        raise ConfigError(
+            "is not UTF-8 text; save it as UTF-8 (a password with letters such as å is "
+            "often the cause)",
+            f"{shown} line {line}",
+        ) from None
+    values = dotenv_values(stream=io.StringIO(text))
+    return {k: v for k, v in values.items() if v is not None}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -457,9 +484,27 @@ def resolve_database_url(url: str, root: Path) -> str:
     return url
 
 
+# The password in a URL's user information (user:password@host). The user name and
+# password are read the way SQLAlchemy reads them: the password ends at the first @.
+_URL_PASSWORD = re.compile(r"(://[^:/\s]*:)[^@\s]*@")
+# A query parameter (?password=..., &sslpassword=...): libpq and psycopg take secrets there too.
+_URL_PARAMETER = re.compile(r"([?&;])([^=&;#\s]*)=([^&;#\s]*)")
+_SECRET_PARAMETER_WORDS = (*SECRET_WORDS, "pwd")
+
+
 def mask_url(url: str) -> str:
-    """The URL with any password replaced by ***, fit for messages and logs."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+    """The URL (or a message holding one) with every password replaced by ***, in the
+    user information and in the query string alike, fit for messages and logs."""
+    from urllib.parse import unquote_plus
+
+    def parameter(match: re.Match[str]) -> str:
+        key = unquote_plus(match.group(2)).lower()
+        if match.group(3) and any(word in key for word in _SECRET_PARAMETER_WORDS):
+            return f"{match.group(1)}{match.group(2)}=***"
+        return match.group(0)
+
+    masked = _URL_PASSWORD.sub(r"\1***@", url)
+    return _URL_PARAMETER.sub(parameter, masked)
 
 
 def parse(data: Mapping[str, Any], path: Path, env: Mapping[str, str]) -> Config:

@@ -9,7 +9,10 @@ quoted fields that span lines.
 
 Each row becomes a :class:`Record` (a valid address with its name, extra columns as
 attributes, and the status the file gives, if any) or a :class:`Rejection` (row number
-and reason). Rows are numbered as a spreadsheet shows them: the header is row 1.
+and reason). Rows are numbered as a spreadsheet shows them: the header is row 1. Line
+breaks and other control characters in names and text columns fold to a space here, where
+the data enters; the ``'`` that guards a formula-like cell in an export (see
+:mod:`newsletter.csvsafe`) comes off.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .addresses import clean_name, parse_address
+from .addresses import clean_name, parse_address, single_line
+from .csvsafe import restore
 from .errors import ImportFileError, InvalidAddress
 
 SAMPLE_BYTES = 64 * 1024
@@ -248,7 +252,8 @@ class SubscriberFile:
                 f"{self.where} row {self._row_number}: is not UTF-8 text; save the file as "
                 "\"CSV UTF-8\" and import it again"
             )
-        return values
+        # Cells this tool's exports (or others') guarded against formulas read as written.
+        return [restore(value) for value in values]
 
     def _first_row(self) -> list[str]:
         while True:
@@ -283,6 +288,10 @@ class SubscriberFile:
         def cell(index: int | None) -> str:
             return values[index].strip() if index is not None and index < len(values) else ""
 
+        def text(index: int) -> str:
+            """A free-text cell, folded onto one line where it enters."""
+            return single_line(values[index]) if index < len(values) else ""
+
         raw_email = values[layout.email] if layout.email < len(values) else ""
         try:
             address = parse_address(
@@ -307,13 +316,13 @@ class SubscriberFile:
         if layout.attributes_json is not None:
             attributes.update(_json_object(cell(layout.attributes_json)))
         for index, key in layout.extra:
-            value = cell(index)
+            value = text(index)
             if value:
                 attributes[key] = value
         if layout.header is not None:
             for index in range(len(layout.header), len(values)):
-                if values[index].strip():
-                    attributes[f"column_{index + 1}"] = values[index].strip()
+                if value := text(index):
+                    attributes[f"column_{index + 1}"] = value
         return Record(row, address.email, address.key, address.hash, name, attributes, status)
 
     def _status(self, cell: Any) -> str | None:

@@ -55,8 +55,8 @@ from sqlalchemy import (
     update,
 )
 
-from .addresses import ParsedAddress, clean_name, parse_address
-from .errors import InvalidAddress, ListError, ListNotFound, SubscriberError
+from .addresses import ParsedAddress, clean_name, parse_address, single_line
+from .errors import ImportFileError, InvalidAddress, ListError, ListNotFound, SubscriberError
 from .store import BulkInsert, Store
 from .store.schema import MEMBERSHIP_STATUSES, SUPPRESSION_REASONS, lists, memberships, suppressions
 from .store.schema import subscribers as subscribers_t
@@ -153,7 +153,7 @@ def create_list(store: Store, name: str, title: str = "") -> ListInfo:
     with store.write() as conn:
         if _find_list(conn, name):
             raise ListError(f"list {name!r} exists already; `newsletter lists list` shows all lists")
-        return _insert_list(conn, name, title.strip())
+        return _insert_list(conn, name, single_line(title))
 
 
 def get_lists(store: Store) -> list[ListInfo]:
@@ -184,7 +184,7 @@ def rename_list(store: Store, old: str, new: str, title: str | None = None) -> L
             raise ListError(f"cannot rename {old!r} to {new!r}: a list named {new!r} exists")
         values: dict[str, Any] = {"name": new}
         if title is not None:
-            values["title"] = title.strip()
+            values["title"] = single_line(title)
         conn.execute(update(lists).where(lists.c.id == found.id).values(**values))
         return ListInfo(found.id, new, values.get("title", found.title), found.created_at)
 
@@ -788,9 +788,13 @@ class ImportSummary:
         setattr(self, outcome, getattr(self, outcome) + 1)
 
 
-def rejected_path_for(path: Path) -> Path:
-    """readers.csv -> readers.rejected.csv, beside it."""
-    return path.with_name(f"{path.stem}.rejected.csv")
+def rejected_path_for(path: Path, rejects: Path | str | None = None) -> Path:
+    """Where the rejected rows of importing ``path`` go: ``rejects`` when given, else
+    readers.csv -> readers.rejected.csv in the current folder (not beside the input, whose
+    folder may be read-only or someone else's)."""
+    if rejects is not None:
+        return Path(rejects)
+    return Path.cwd() / f"{path.stem}.rejected.csv"
 
 
 def import_csv(
@@ -803,23 +807,31 @@ def import_csv(
     check_deliverability: bool = False,
     progress: Callable[[int], None] | None = None,
     chunk_size: int = IMPORT_CHUNK,
+    rejects: Path | str | None = None,
 ) -> ImportSummary:
     """Import a subscriber CSV into a list in one transaction: all valid rows go in, or
     (on any error, or a kill) nothing does. ``dry_run`` does the same work and rolls back,
     so its summary is exactly what a real run would report. Rejected rows are written to
-    ``<name>.rejected.csv`` beside the file (not on a dry run). ``progress`` is called with
-    the bytes read so far. ``source`` may be a path or an already opened SubscriberFile
-    (then ``email_column`` and ``check_deliverability`` were given when opening it)."""
+    ``rejects``, by default ``<name>.rejected.csv`` in the current folder (not on a dry
+    run). ``progress`` is called with the bytes read so far. ``source`` may be a path or an
+    already opened SubscriberFile (then ``email_column`` and ``check_deliverability`` were
+    given when opening it)."""
     if not isinstance(source, SubscriberFile):
         with SubscriberFile(
             source, email_column=email_column, check_deliverability=check_deliverability
         ) as opened:
             return import_csv(
                 store, opened, list_name=list_name, dry_run=dry_run, progress=progress,
-                chunk_size=chunk_size,
+                chunk_size=chunk_size, rejects=rejects,
             )
     path = source.path
-    rejects = _RejectedWriter(rejected_path_for(path), source.header, enabled=not dry_run)
+    rejected_path = rejected_path_for(path, rejects)
+    if rejected_path.resolve() == path.resolve():
+        raise ImportFileError(
+            f"{rejected_path}: is the file being imported; name another file for the "
+            "rejected rows"
+        )
+    rejects_out = _RejectedWriter(rejected_path, source.header, enabled=not dry_run)
     try:
         with store.write(rollback=dry_run) as conn:
             lst = _resolve_list(conn, store, list_name)
@@ -833,7 +845,7 @@ def import_csv(
                         summary.rejected += 1
                         if len(summary.rejections) < SUMMARY_REJECTIONS:
                             summary.rejections.append(item)
-                        rejects.write(item)
+                        rejects_out.write(item)
                     elif item.key in records:
                         records[item.key].merge(item)
                         summary.duplicates += 1
@@ -844,9 +856,9 @@ def import_csv(
                     progress(source.bytes_read)
             run.finish()
     except BaseException:
-        rejects.discard()
+        rejects_out.discard()
         raise
-    summary.rejected_path = rejects.finish()
+    summary.rejected_path = rejects_out.finish()
     return summary
 
 
@@ -876,10 +888,17 @@ class _RejectedWriter:
         if not self.enabled:
             return
         if self._file is None:
-            import csv
+            from .csvsafe import SafeWriter
 
-            self._file = self.path.open("w", encoding="utf-8", newline="")
-            self._writer = csv.writer(self._file)
+            try:
+                self._file = self.path.open("w", encoding="utf-8", newline="")
+            except OSError as exc:
+                raise ImportFileError(
+                    f"{self.path}: cannot write the rejected rows there ({exc.strerror}); "
+                    "nothing was imported; name a file in a folder you can write to with "
+                    "--rejects FILE"
+                ) from None
+            self._writer = SafeWriter(self._file)
             if self.header is not None:
                 self._writer.writerow(["rejected_row", "rejected_reason", *self.header])
         self._writer.writerow([rejection.row, rejection.reason, *rejection.values])

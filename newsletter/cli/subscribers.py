@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import json
 import sys
@@ -206,6 +205,13 @@ def subscribers_add(
     help="The column holding the addresses, when it is not called email or Email Address.",
 )
 @click.option("--check-deliverability", is_flag=True, help="Also look up each domain in DNS.")
+@click.option(
+    "--rejects",
+    metavar="FILE",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the rejected rows to FILE (default: NAME.rejected.csv in the current folder). "
+    "Replaced on every import; removed when no row is rejected.",
+)
 @pass_env
 def subscribers_import(
     env: Env,
@@ -214,13 +220,14 @@ def subscribers_import(
     dry_run: bool,
     email_column: str | None,
     check_deliverability: bool,
+    rejects: Path | None,
 ) -> None:
     """Import subscribers from a CSV FILE.
 
     Reads Mailchimp, Substack, Buttondown, listmonk, Ghost and plain exports. People who
     unsubscribed, bounced, complained or were forgotten are never re-added; invalid rows
-    are listed and written to FILE's .rejected.csv. All or nothing: a failed import
-    changes nothing."""
+    are listed and written to NAME.rejected.csv in the current folder (or --rejects FILE),
+    never beside FILE. All or nothing: a failed import changes nothing."""
     # Reading the header first means a file that cannot be imported fails before the
     # database is opened (or created).
     from ..store import open_store_or_scratch
@@ -233,9 +240,10 @@ def subscribers_import(
     opened = open_store_or_scratch(env.config) if dry_run else _store(env)
     with source, opened as store, _progress(file) as progress:
         summary = core.import_csv(
-            store, source, list_name=list_name, dry_run=dry_run, progress=progress
+            store, source, list_name=list_name, dry_run=dry_run, progress=progress,
+            rejects=rejects,
         )
-    _print_summary(summary)
+    _print_summary(summary, rejects)
 
 
 @contextmanager
@@ -259,7 +267,7 @@ def _progress(file: Path) -> Iterator[Any]:
         yield update
 
 
-def _print_summary(s: core.ImportSummary) -> None:
+def _print_summary(s: core.ImportSummary, rejects: Path | None = None) -> None:
     where = f"{show_path(s.path)} into list {s.list!r}"
     click.echo(f"Dry run of {where}: nothing was changed." if s.dry_run else f"Imported {where}.")
     verb = "would be " if s.dry_run else ""
@@ -272,7 +280,8 @@ def _print_summary(s: core.ImportSummary) -> None:
     if s.rejected_path:
         where_rejected = f"  (written to {show_path(s.rejected_path)})"
     elif s.rejected and s.dry_run:
-        where_rejected = f"  ({verb}written to {show_path(core.rejected_path_for(s.path))})"
+        would_be = core.rejected_path_for(s.path, rejects)
+        where_rejected = f"  ({verb}written to {show_path(would_be)})"
     click.echo(f"  rejected   {s.rejected:>8,}{where_rejected}")
     if s.duplicates:
         click.echo(f"  ({s.duplicates} duplicate row{'s' if s.duplicates != 1 else ''} merged)")
@@ -329,7 +338,8 @@ def subscribers_export(
     """Export the members of a list to stdout.
 
     E.g. `newsletter subscribers export > backup.csv`. The CSV imports back as it was:
-    unsubscribed and suppressed people stay out."""
+    unsubscribed and suppressed people stay out. Cells a spreadsheet would run as a
+    formula (starting with = + - @) get a ' in front; the JSON is exact."""
     with _store(env) as store:
         members = core.iter_members(store, list_name, status=status, all_lists=all_lists)
         _write_members(members, fmt, env.config.newsletter.timezone, all_lists)
@@ -342,7 +352,9 @@ def _iso(value: dt.datetime | None) -> str:
 def _write_members(members: Iterable[core.Member], fmt: str, tz: Any, all_lists: bool) -> None:
     out = sys.stdout
     if fmt == "csv":
-        writer = csv.writer(out, lineterminator="\n")
+        from ..csvsafe import SafeWriter
+
+        writer = SafeWriter(out, lineterminator="\n")
         writer.writerow(EXPORT_COLUMNS)
         for m in members:
             writer.writerow(
