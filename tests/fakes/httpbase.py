@@ -24,6 +24,12 @@ Processed (the fake takes the request as usual, records what it accepted, and th
 
 None lets a request through untouched. Only requests whose path starts with one of
 ``fault_paths`` consume entries (all requests when it is empty).
+
+Two more knobs, for soaks and benchmarks run against a fake in a process of its own:
+``chaos``, a function that draws an entry (of the kinds above, or None) for each matching
+request once the script is used up, and ``latency``, seconds added before every answer.
+Paths starting with ``/_`` belong to no service's API: ``inspect`` answers them with JSON
+(``/_stats`` gives the counters).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -44,6 +51,7 @@ class Request:
     query: dict[str, list[str]]
     headers: dict[str, str]  # lower-cased names
     body: bytes
+    notes: dict[str, Any] = field(default_factory=dict)  # left by a chaos draw for dispatch
 
     def json(self) -> Any:
         return json.loads(self.body.decode("utf-8"))
@@ -80,10 +88,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.command, parts.path, parse_qs(parts.query),
             {k.lower(): v for k, v in self.headers.items()}, body,
         )
-        if request.path == "/_stats":  # not any service's API: how benchmarks read the counts
-            reply = json_reply(200, self.service.stats())
-            self.send_response(reply.status)
-            data = json.dumps(reply.body).encode()
+        # Not any service's API: how benchmarks read the counts.
+        inspected = self.service.inspect(request.path) if request.path.startswith("/_") else None
+        if inspected is not None:
+            self.send_response(200)
+            data = json.dumps(inspected).encode()
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
@@ -111,8 +120,8 @@ class _Handler(BaseHTTPRequestHandler):
         reply = fault if isinstance(fault, Reply) else self.service.dispatch(request)
         if after is not None:
             reply = after
-        if delay:
-            time.sleep(delay)
+        if delay or self.service.latency:
+            time.sleep(delay + self.service.latency)
         if fault == "cut-after":  # processed; the answer breaks off after its head
             self.service.dropped += 1
             self.send_response(reply.status)
@@ -164,6 +173,8 @@ class FakeService:
         self.request_count = 0
         self.bytes_received = 0  # request bodies, for "bytes sent per recipient"
         self.dropped = 0
+        self.chaos: Callable[[Request], Any] | None = None  # draws a fault once the script is done
+        self.latency = 0.0  # seconds before every answer
         self.lock = threading.Lock()
         handler = type("Handler", (_Handler,), {"service": self})
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -181,9 +192,12 @@ class FakeService:
                 self.requests.append(request)
             if self.fault_paths and not request.path.startswith(self.fault_paths):
                 return None
-            if not self.faults:
-                return None
-            fault = self.faults.pop(0)
+            draw = not self.faults and self.chaos is not None
+            fault = self.faults.pop(0) if self.faults else None
+        if draw:
+            fault = self.chaos(request)
+        if fault is None:
+            return None
         if isinstance(fault, int) and not isinstance(fault, bool):
             return self.error_reply(fault)
         if isinstance(fault, tuple) and fault[0] == "after" and isinstance(fault[1], int):
@@ -201,6 +215,10 @@ class FakeService:
 
     def stats(self) -> dict[str, Any]:
         return {"requests": self.request_count, "bytes": self.bytes_received}
+
+    def inspect(self, path: str) -> Any:
+        """JSON for a path outside the service's API (``/_stats``), or None for a 404."""
+        return self.stats() if path == "/_stats" else None
 
     def start(self) -> FakeService:
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
