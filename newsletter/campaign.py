@@ -675,15 +675,17 @@ class Sender:
                                            deliveries.c.status.in_(("queued", "sending")))
             ).scalar_one()
             finished = False
+            values: dict[str, Any] = {}
             if status == "cancelled":
-                values: dict[str, Any] = {}
+                pass
             elif not open_rows:
-                values = {"status": "finished", "finished_at": now, "last_error": ""}
                 finished = True
+                if status != "finished":  # the last sender out says so
+                    values = {"status": "finished", "finished_at": now, "last_error": ""}
             elif fatal or paused or not others:
                 values = {"status": "paused", "last_error": why}
-            else:
-                values = {}  # the others go on
+            elif not why:  # readers came back to the queue just now, for the others to send
+                why = f"{', '.join(w.name for w in others)} will finish it"
             if values:
                 conn.execute(update(campaigns).where(campaigns.c.id == self.campaign.id)
                              .values(updated_at=now, **values))
