@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -139,7 +140,7 @@ def test_newsletter_archive_writes_the_same_pages_as_static_files(letter_site, c
 
     result = cli("archive", "--out", "site")
     assert result.exit_code == 0, result.output
-    assert "wrote 1 issue(s)" in result.output and "site/feed.xml" in result.output
+    assert "wrote 1 issue, " in result.output and "site/feed.xml" in result.output
     assert (out / "index.html").read_text() == "the blog's own page"
     assert not (out / "archive" / "stale.html").exists()
     assert (out / "archive" / "index.html").read_bytes() == client.get("/archive/").get_data()
@@ -153,3 +154,32 @@ def test_newsletter_archive_writes_the_same_pages_as_static_files(letter_site, c
     assert cli("archive", "--out", "site").exit_code == 0
     assert (out / "archive" / SECOND / "index.html").is_file()
     assert len(feed_entries((out / "feed.xml").read_bytes())) == 2
+
+
+def test_the_index_dates_are_valid_html_datetimes(letter_site):
+    root, config, store, client = letter_site
+    send_issue(config, store, ISSUE)
+    page = client.get("/archive/").get_data(as_text=True)
+    stamps = re.findall(r'<time datetime="([^"]*)">', page)
+    # HTML allows at most three digits of a second's fraction: whole seconds, in UTC.
+    assert stamps and all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", s) for s in stamps), stamps
+
+
+@pytest.mark.parametrize("site_url", ["https://letter.example.com", "https://blog.example.com/letter"])
+def test_redirects_go_to_site_url_whatever_the_host_header(letter_site, site_url):
+    root, config, store, client = letter_site
+    toml = root / "newsletter.toml"
+    toml.write_text(toml.read_text().replace('site_url = "https://letter.example.com"', f'site_url = "{site_url}"'))
+    config = load(root)
+    send_issue(config, store, ISSUE)
+    app = PublicApp(config, store)
+    try:
+        evil = Client(app)
+        for path, target in (("/archive", "/archive/"), (f"/archive/{ISSUE}?utm=x", f"/archive/{ISSUE}/?utm=x"),
+                             ("/", "/archive/")):
+            for base in ("http://evil.example/", "https://evil.example:8443/"):
+                response = evil.get(path, base_url=base, headers={"X-Forwarded-Host": "evil.example"})
+                assert 300 <= response.status_code < 400, (path, base)
+                assert response.headers["Location"] == site_url + target, (path, base)
+    finally:
+        app.close()

@@ -1,6 +1,7 @@
 """A reader's whole path in headless Chromium (Debian's chromium, driven by Playwright)
 against a real `newsletter serve` process: subscribe with the form, confirm from the email
-in the outbox, read the archive, then leave from the unsubscribe link of a sent issue."""
+in the outbox (its link opens a page whose button confirms), read the archive, then leave
+from the unsubscribe link of a sent issue."""
 
 from __future__ import annotations
 
@@ -74,6 +75,10 @@ def test_subscribe_confirm_read_and_leave(page: Page, served):
     [mail] = outbox(root, "confirm")
     assert mail["To"] == "rita@example.com"
     page.goto(base + confirm_path(mail))
+    expect(page.locator("h1")).to_have_text("Confirm your subscription to Test Letter")
+    assert status(root, "rita@example.com") == "pending"  # opening the link changed nothing
+    assert page.locator("button").count() == 1
+    page.click("text=Yes, subscribe me")
     expect(page.locator("h1")).to_have_text("You are subscribed")
     assert status(root, "rita@example.com") == "active"
 

@@ -4,7 +4,9 @@ and its confirmation, a signed webhook, the body cap, and a clean stop on SIGTER
 
 from __future__ import annotations
 
+import csv
 import http.client
+import io
 import json
 import os
 import re
@@ -73,9 +75,9 @@ def server(tmp_path_factory) -> Iterator[tuple[Path, str, dict[str, str]]]:
 
 
 def request(base: str, method: str, path: str, body: bytes | None = None,
-            headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+            headers: dict[str, str] | None = None, timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
     parts = urlsplit(base)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
     try:
         conn.request(method, path, body=body, headers=headers or {})
         response = conn.getresponse()
@@ -85,10 +87,11 @@ def request(base: str, method: str, path: str, body: bytes | None = None,
 
 
 def status_of(root: Path, address: str) -> str:
+    """The address's row of `subscribers list --format csv`, its cells joined by commas."""
     listed = newsletter(root, "subscribers", "list", "--format", "csv")
-    for line in listed.stdout.splitlines():
-        if line.startswith(address + ","):
-            return line
+    for row in csv.reader(io.StringIO(listed.stdout)):
+        if row and row[0] == address:
+            return ",".join(row)
     return ""
 
 
@@ -135,9 +138,35 @@ def test_sign_up_and_confirm_through_the_server(server):
         time.sleep(0.05)
     [mail] = outbox(root, "confirm")
     assert ",pending," in status_of(root, "new.reader@example.com")
-    status, _, page = request(base, "GET", confirm_path(mail))
+    path = confirm_path(mail)
+    # Mail scanners open every link in a new message: neither HEAD nor GET may confirm.
+    assert request(base, "HEAD", path, headers={"User-Agent": "SafeLinks/1.0"})[0] == 200
+    status, _, page = request(base, "GET", path, headers={"User-Agent": "SafeLinks/1.0"})
+    assert status == 200 and b"<button" in page and b'method="post"' in page
+    assert ",pending," in status_of(root, "new.reader@example.com")
+    status, _, page = request(base, "POST", path, body=b"", headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert status == 200 and b"You are subscribed" in page
     assert ",active," in status_of(root, "new.reader@example.com")
+    status, _, page = request(base, "POST", path, body=b"")
+    assert status == 200 and b"This link has been used" in page
+
+
+def test_head_on_an_unsubscribe_link_changes_nothing(server):
+    root, base, links = server
+    path = links["bob@example.com"]
+    for _ in range(2):  # what `curl -I` and link scanners send
+        status, headers, body = request(base, "HEAD", path, headers={"User-Agent": "LinkScanner/1.0"})
+        assert status == 200 and body == b""
+    assert ",active," in status_of(root, "bob@example.com")
+
+
+def test_the_host_header_is_never_reflected(server):
+    root, base, _ = server
+    for host in ("evil.example", "evil.example:8080", "127.0.0.1"):
+        status, headers, _ = request(base, "GET", "/archive", headers={"Host": host})
+        assert status in (301, 308) and headers["location"] == "https://letter.example.com/archive/", host
+        status, headers, _ = request(base, "GET", "/", headers={"Host": host})
+        assert status == 302 and headers["location"] == "https://letter.example.com/archive/", host
 
 
 def test_a_signed_webhook_through_the_server(server):
@@ -206,3 +235,118 @@ def test_client_addresses_come_from_the_trusted_proxy_only(tmp_path, trusted):
     # without one, a forged X-Forwarded-For buys nothing.
     assert answers == ([200, 200] if trusted else [200, 429])
     assert hsts is trusted
+
+
+# ---------------------------------------------------------------------------------------------
+# Slow clients (127.0.0.1 only, bounded in count and time)
+
+TRICKLE_EVERY = 2.0  # seconds between the bytes a slow client sends
+
+
+class SlowClients:
+    """``count`` connections that each start a request and then send one byte of it every
+    TRICKLE_EVERY seconds: half never finish their headers, half never finish their body."""
+
+    def __init__(self, base: str, count: int) -> None:
+        parts = urlsplit(base)
+        self.sockets: list[socket.socket] = []
+        self.opened: list[float] = []
+        self.closed: dict[int, float] = {}
+        self.answers: dict[int, bytes] = {}
+        for n in range(count):
+            sock = socket.create_connection((parts.hostname, parts.port), timeout=5)
+            if n % 2:
+                start = b"GET /archive/ HTTP/1.1\r\nHost: letter.example.com\r\nX-Slow: "
+            else:
+                start = (b"POST /subscribe HTTP/1.1\r\nHost: letter.example.com\r\n"
+                         b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 500\r\n\r\nname=")
+            sock.sendall(start)
+            sock.setblocking(False)
+            self.sockets.append(sock)
+            self.opened.append(time.monotonic())
+
+    def open(self) -> list[int]:
+        return [n for n in range(len(self.sockets)) if n not in self.closed]
+
+    def check(self) -> None:
+        """Note the connections the server has closed, and what it said before."""
+        for n in self.open():
+            try:
+                data = self.sockets[n].recv(4096)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if data:
+                self.answers[n] = self.answers.get(n, b"") + data
+            else:
+                self.closed[n] = time.monotonic()
+
+    def trickle(self) -> None:
+        self.check()
+        for n in self.open():
+            try:
+                self.sockets[n].send(b"x")
+            except OSError:
+                self.closed[n] = time.monotonic()
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+
+
+def timed_health(base: str) -> float:
+    started = time.monotonic()
+    status, _, body = request(base, "GET", "/healthz", timeout=2.0)
+    assert status == 200 and json.loads(body) == {"status": "ok"}
+    return time.monotonic() - started
+
+
+def test_slow_clients_cannot_take_the_site_down(tmp_path):
+    cap = 4
+    write_letter(tmp_path)
+    process, base = start_server(tmp_path, "--request-timeout", str(cap))
+    slow = SlowClients(base, 120)  # more than waitress's default connection limit of 100
+    try:
+        started = time.monotonic()
+        waits = []
+        for _ in range(2):  # while every slow client is still connected and sending
+            slow.trickle()
+            waits.append(timed_health(base))
+            time.sleep(max(0.0, started + TRICKLE_EVERY * len(waits) - time.monotonic()))
+        assert len(slow.open()) == 120  # still within the cap
+        while slow.open() and time.monotonic() < started + cap + 4:
+            slow.trickle()
+            time.sleep(0.2)
+        waits.append(timed_health(base))
+    finally:
+        slow.close()
+        stop_server(process)
+    assert max(waits) < 2.0, waits
+    assert not slow.open(), f"{len(slow.open())} slow clients still connected after {cap + 4} s"
+    lived = [slow.closed[n] - slow.opened[n] for n in range(120)]
+    assert min(lived) > cap - 1 and max(lived) < cap + 3, (min(lived), max(lived))
+    assert all(slow.answers.get(n, b"").startswith(b"HTTP/1.1 408 ") for n in range(120))
+
+
+def test_at_the_connection_limit_the_slowest_connections_make_room(tmp_path):
+    write_letter(tmp_path)
+    process, base = start_server(tmp_path, "--connection-limit", "50", "--request-timeout", "60")
+    slow = SlowClients(base, 60)
+    try:
+        wait = timed_health(base)
+        time.sleep(0.5)
+        slow.check()
+    finally:
+        slow.close()
+        stop_server(process)
+    assert wait < 2.0
+    # The longest waiting went first; the newest are still being heard.
+    assert len(slow.closed) >= 10 and max(slow.closed) < 30, sorted(slow.closed)
+
+
+def test_the_serve_defaults_are_the_servers():
+    from newsletter.cli import web
+    from newsletter.web import serving
+
+    assert (web.REQUEST_TIMEOUT, web.CONNECTION_LIMIT) == (serving.REQUEST_TIMEOUT, serving.CONNECTION_LIMIT)

@@ -6,12 +6,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import re
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import inspect, select, update
 from werkzeug.test import Client
 
 from newsletter import subscribers as subs
@@ -20,7 +21,7 @@ from newsletter.config import Config
 from newsletter.errors import ConfigError
 from newsletter.providers import FatalError, Provider
 from newsletter.store import Store, open_store
-from newsletter.store.schema import memberships, rate_limits, subscribers
+from newsletter.store.schema import memberships, metadata, rate_limits, subscribers
 from newsletter.web import signup
 from newsletter.web.app import PublicApp
 
@@ -125,16 +126,89 @@ def test_a_new_reader_gets_a_pending_membership_and_a_confirmation_email(site):
     assert "reader" not in token and "example" not in token  # ids only, never the address
 
 
-def test_the_confirmation_link_makes_the_membership_active_once(site):
+def test_the_confirmation_link_shows_one_button_and_get_or_head_change_nothing(site):
+    site.subscribe("reader@example.com")
+    path = confirm_path(site.confirmations()[0])
+    token = path.rsplit("/", 1)[1]
+    for _ in range(3):  # mail scanners open every link, with GET and with HEAD
+        assert site.client.head(path).status_code == 200
+        response = site.client.get(path)
+    page = response.get_data(as_text=True)
+    assert response.status_code == 200 and heading(page) == "Confirm your subscription to Test Letter"
+    assert page.count("<button") == 1 and page.count("<form") == 1
+    assert re.search(rf'<form method="post" action="\.\./confirm/{re.escape(token)}">', page), page
+    assert "<script" not in page and "script-src" not in response.headers["Content-Security-Policy"]
+    assert site.membership("reader@example.com") == "pending"
+
+
+def test_the_button_makes_the_membership_active_and_the_link_is_used_up(site):
     site.subscribe("reader@example.com")
     path = confirm_path(site.confirmations()[0])
 
-    first = site.client.get(path)
+    first = site.client.post(path)
     assert first.status_code == 200 and heading(first.get_data(as_text=True)) == "You are subscribed"
     assert site.membership("reader@example.com") == "active"
-    again = site.client.get(path)
-    assert again.status_code == 200 and "as it has been" in again.get_data(as_text=True)
+    for again in (site.client.post(path), site.client.get(path)):
+        page = again.get_data(as_text=True)
+        assert again.status_code == 200 and heading(page) == "You are subscribed"
+        assert "This link has been used" in page and "<button" not in page
     assert site.membership("reader@example.com") == "active"
+
+
+def test_an_old_confirmation_link_does_not_bring_back_a_reader_who_left(site):
+    site.subscribe("reader@example.com")
+    path = confirm_path(site.confirmations()[0])
+    assert site.client.post(path).status_code == 200
+    subs.unsubscribe(site.store, "reader@example.com")
+    for response in (site.client.get(path), site.client.post(path)):
+        page = response.get_data(as_text=True)
+        assert response.status_code == 410 and heading(page) == "This link no longer works"
+        assert "Subscribe again" in page and "<button" not in page
+    assert site.membership("reader@example.com") == "unsubscribed"
+
+
+def test_a_pending_link_is_void_once_the_reader_leaves(site):
+    site.subscribe("reader@example.com")
+    mail = site.confirmations()[0]
+    site.client.post(unsubscribe_path(mail), data="List-Unsubscribe=One-Click",
+                     content_type="application/x-www-form-urlencoded")
+    assert site.membership("reader@example.com") == "unsubscribed"
+    response = site.client.post(confirm_path(mail))
+    assert response.status_code == 410 and heading(response.get_data(as_text=True)) == "This link no longer works"
+    assert site.membership("reader@example.com") == "unsubscribed"
+
+
+def test_each_return_needs_a_new_link_and_every_older_one_stays_void(site):
+    site.subscribe("back@example.com")
+    first = confirm_path(site.confirmations()[0])
+    assert site.client.post(first).status_code == 200
+    subs.unsubscribe(site.store, "back@example.com")
+    (site.root / "outbox" / "confirm").rename(site.root / "outbox" / "confirm-1")
+
+    site.subscribe("back@example.com")  # a new sign-up: a new link for it
+    second = confirm_path(site.confirmations()[0])
+    assert second != first
+    assert site.client.post(first).status_code == 410
+    assert site.membership("back@example.com") == "unsubscribed"
+    assert site.client.post(second).status_code == 200
+    assert site.membership("back@example.com") == "active"
+
+    subs.unsubscribe(site.store, "back@example.com")
+    for old in (first, second):
+        assert site.client.post(old).status_code == 410
+    assert site.membership("back@example.com") == "unsubscribed"
+
+
+def test_two_emails_for_one_pending_sign_up_both_work_until_one_is_used(site):
+    site.subscribe("twice@example.com")
+    first = confirm_path(site.confirmations()[0])
+    (site.root / "outbox" / "confirm").rename(site.root / "outbox" / "confirm-1")
+    site.subscribe("twice@example.com", ip="192.0.2.77")
+    second = confirm_path(site.confirmations()[0])
+    assert heading(site.client.get(first).get_data(as_text=True)).startswith("Confirm your subscription")
+    assert site.client.post(second).status_code == 200
+    used = site.client.post(first)
+    assert used.status_code == 200 and "This link has been used" in used.get_data(as_text=True)
 
 
 def test_an_expired_or_forged_confirmation_link_changes_nothing(site):
@@ -148,14 +222,36 @@ def test_an_expired_or_forged_confirmation_link_changes_nothing(site):
     assert heading(response.get_data(as_text=True)) == "This link has expired"
     assert "Subscribe again" in response.get_data(as_text=True)
 
-    forged = signup.confirm_token("not-our-secret", row.id, 1, row.created_at)
+    forged = signup.confirm_token("not-our-secret", row.id, 1, row.created_at, "x")
     response = site.client.get(f"/confirm/{forged}")
     assert response.status_code == 400 and heading(response.get_data(as_text=True)) == "This link is not valid"
     for broken in ("nonsense", "a.b", confirm_path(site.confirmations()[0]).rsplit("/", 1)[1][:-2] + "xx"):
         assert site.client.get(f"/confirm/{broken}").status_code == 400
     unsubscribe_token = tokens.sign(SECRET, "unsubscribe", {"s": row.id, "l": 1})
     assert site.client.get(f"/confirm/{unsubscribe_token}").status_code == 400  # wrong purpose
+    for bad in (expired, forged, unsubscribe_token):
+        assert site.client.post(f"/confirm/{bad}").status_code == 400
     assert site.membership("reader@example.com") == "pending"
+
+
+def test_a_link_sent_before_links_carried_a_mark_confirms_only_a_pending_sign_up(site):
+    site.subscribe("old@example.com")
+    add_reader(site.store, "left@example.com")
+    subs.unsubscribe(site.store, "left@example.com")
+    with site.store.read() as conn:
+        rows = {r.email: r for r in conn.execute(select(subscribers.c.id, subscribers.c.email,
+                                                        subscribers.c.created_at))}
+
+    def legacy(address: str) -> str:
+        row = rows[address]
+        payload = {"s": row.id, "l": 1, "c": int(row.created_at.timestamp())}
+        return "/confirm/" + tokens.sign(SECRET, "confirm", payload, ttl=3600)
+
+    assert site.client.post(legacy("left@example.com")).status_code == 410
+    assert site.membership("left@example.com") == "unsubscribed"
+    assert site.client.post(legacy("old@example.com")).status_code == 200
+    assert site.membership("old@example.com") == "active"
+    assert "This link has been used" in site.client.post(legacy("old@example.com")).get_data(as_text=True)
 
 
 def test_a_link_cannot_confirm_a_later_reader_who_got_the_same_id(site):
@@ -165,8 +261,9 @@ def test_a_link_cannot_confirm_a_later_reader_who_got_the_same_id(site):
     with site.store.write() as conn:  # as if `forget` removed the row and a new reader took its id
         conn.execute(update(subscribers).values(email="second@example.com", email_key="second@example.com",
                                                 created_at=later))
-    response = site.client.get(path)
-    assert response.status_code == 410 and heading(response.get_data(as_text=True)) == "This link no longer works"
+    for response in (site.client.get(path), site.client.post(path)):
+        assert response.status_code == 410
+        assert heading(response.get_data(as_text=True)) == "This link no longer works"
     assert site.membership("second@example.com") == "pending"
 
 
@@ -215,6 +312,8 @@ def test_an_unsubscribed_reader_comes_back_only_by_confirming(site):
     site.subscribe("back@example.com")
     assert site.membership("back@example.com") == "unsubscribed"
     site.client.get(confirm_path(site.confirmations()[0]))
+    assert site.membership("back@example.com") == "unsubscribed"  # a GET is not a yes
+    site.client.post(confirm_path(site.confirmations()[0]))
     assert site.membership("back@example.com") == "active"
 
 
@@ -224,7 +323,7 @@ def test_a_forgotten_address_may_join_again_and_a_bounced_one_may_not(site):
     site.subscribe("gone@example.com")
     [mail] = site.confirmations()
     assert subs.get_suppression(site.store, "gone@example.com").reason == "forgotten"
-    assert site.client.get(confirm_path(mail)).status_code == 200
+    assert site.client.post(confirm_path(mail)).status_code == 200
     assert subs.get_suppression(site.store, "gone@example.com") is None
     assert site.membership("gone@example.com") == "active"
 
@@ -232,7 +331,7 @@ def test_a_forgotten_address_may_join_again_and_a_bounced_one_may_not(site):
     site.subscribe("later-bounced@example.com")
     mail = next(m for m in site.confirmations() if m["To"] == "later-bounced@example.com")
     subs.suppress(site.store, "later-bounced@example.com", "bounced")
-    response = site.client.get(confirm_path(mail))
+    response = site.client.post(confirm_path(mail))
     assert response.status_code == 403
     assert heading(response.get_data(as_text=True)) == "This address cannot be subscribed"
     assert site.membership("later-bounced@example.com") == "bounced"
@@ -253,7 +352,8 @@ def test_bad_input_is_refused_with_the_form_and_escaped(site):
     assert 'role="alert"' in page and "not a valid email address" in page
 
     assert site.subscribe("ok@example.com", list="secret-list").status_code == 400
-    assert site.subscribe("ok@example.com", name="Ann\r\nBcc: x@example.com").status_code == 400
+    # A line break in a name is folded to a space; a name still unfit for a header is refused.
+    assert site.subscribe("ok@example.com", name="Ann\r\nBcc: x@example.com " * 10).status_code == 400
     assert site.membership("ok@example.com") is None and site.confirmations() == []
 
 
@@ -366,6 +466,16 @@ def test_get_shows_one_button_and_the_list_and_changes_nothing(site, sent):
     assert response.status_code == 200
     assert heading(page) == "Unsubscribe from Test Letter?"
     assert page.count("<button") == 1 and 'method="post"' in page
+    token = path.rsplit("/", 1)[1]
+    assert f'<form method="post" action="../unsubscribe/{token}">' in page  # never action=""
+    assert site.membership("ann@example.com") == "active"
+
+
+def test_head_on_an_unsubscribe_link_changes_nothing(site, sent):
+    path = unsubscribe_path(sent["ann@example.com"])
+    for _ in range(3):  # link scanners send HEAD as well as GET
+        response = site.client.head(path)
+        assert response.status_code == 200 and response.get_data() == b""
     assert site.membership("ann@example.com") == "active"
 
 
@@ -447,6 +557,31 @@ def test_security_headers_on_every_response(site, sent):
         assert response.headers["X-Content-Type-Options"] == "nosniff"
     assert site.client.delete("/subscribe").status_code == 405
     assert site.client.get("/").headers["Location"].endswith("archive/")
+
+
+def _tables(store: Store) -> dict[str, list[str]]:
+    with store.read() as conn:
+        names = set(inspect(conn).get_table_names())
+        return {t.name: sorted(repr(tuple(row)) for row in conn.execute(select(t)))
+                for t in metadata.sorted_tables if t.name in names}
+
+
+def test_get_and_head_change_nothing_anywhere(site, sent):
+    site.subscribe("pending@example.com")
+    confirm = confirm_path(site.confirmations()[0])
+    unsub = unsubscribe_path(sent["ann@example.com"])
+    paths = ["/", "/healthz", "/subscribe", "/subscribe?email=x%40example.com&list=main", confirm,
+             confirm + "?confirm=1", unsub, unsub + "?List-Unsubscribe=One-Click", "/archive",
+             "/archive/", f"/archive/{ISSUE}/", f"/archive/{ISSUE}/chart.png", "/feed.xml",
+             "/static/site.css", "/favicon.ico", "/webhooks/mailgun", "/nowhere"]
+    before = _tables(site.store)
+    for path in paths:
+        for method in ("GET", "HEAD"):
+            response = site.client.open(path, method=method, environ_overrides={"REMOTE_ADDR": "192.0.2.50"})
+            assert response.status_code < 500, (method, path)
+    assert _tables(site.store) == before
+    assert site.membership("pending@example.com") == "pending"
+    assert site.membership("ann@example.com") == "active"
 
 
 def test_health(site):

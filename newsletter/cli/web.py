@@ -7,7 +7,11 @@ from pathlib import Path
 
 import click
 
-from .common import Env, pass_env, show_path
+from .common import Env, pass_env, plural, show_path
+
+# newsletter.web.serving's defaults, written out so that --help does not load waitress.
+REQUEST_TIMEOUT = 10
+CONNECTION_LIMIT = 500
 
 
 @click.command()
@@ -17,8 +21,16 @@ from .common import Env, pass_env, show_path
               help="Port to listen on (0 picks a free one).")
 @click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 64),
               help="Requests served at once.")
+@click.option("--request-timeout", default=REQUEST_TIMEOUT, show_default=True, type=click.IntRange(1, 300),
+              metavar="SECONDS",
+              help="Time a client has to send a whole request (headers and body), and to start "
+                   "one on an idle connection; slower clients are disconnected.")
+@click.option("--connection-limit", default=CONNECTION_LIMIT, show_default=True,
+              type=click.IntRange(10, 100_000),
+              help="Connections open at once; at the limit the ones that have waited longest for "
+                   "their client are closed to make room.")
 @pass_env
-def serve(env: Env, host: str, port: int, threads: int) -> None:
+def serve(env: Env, host: str, port: int, threads: int, request_timeout: int, connection_limit: int) -> None:
     """Serve the public pages: subscribe, confirm, unsubscribe, webhooks, archive, feed.
 
     Runs a production WSGI server (waitress) until Ctrl-C or SIGTERM. Put it behind a
@@ -34,11 +46,16 @@ def serve(env: Env, host: str, port: int, threads: int) -> None:
     try:
         app = PublicApp(config, store)
         try:
-            server = make_server(app, host, port, threads=threads)
+            server = make_server(app, host, port, threads=threads, request_timeout=request_timeout,
+                                 connections=connection_limit)
         except BaseException:
             app.close()
             raise
-        click.echo(f"serving {config.newsletter.site_url} at {url_of(server)}  (Ctrl-C to stop)")
+        listening = url_of(server)
+        site = config.newsletter.site_url
+        # Behind a proxy the site and the listening address differ; on its own, they are one.
+        shown = "" if site.rstrip("/") == listening.rstrip("/") else f" {site}"
+        click.echo(f"serving{shown} at {listening}  (Ctrl-C to stop)")
         run(server, app)
     finally:
         store.close()
@@ -62,7 +79,7 @@ def archive(env: Env, out: Path) -> None:
     with open_store(env.config) as store:
         written = write_archive(env.config, store, out)
     where = show_path(written.out)
-    click.echo(f"wrote {written.issues} issue(s), {written.files} file(s): "
+    click.echo(f"wrote {plural(written.issues, 'issue')}, {plural(written.files, 'file')}: "
                f"{where}/archive/ and {where}/feed.xml")
 
 

@@ -3,7 +3,8 @@
 ========================  ==================================================================
 GET  /subscribe           the sign-up form
 POST /subscribe           form or JSON (email, name, list): double opt-in, same answer always
-GET  /confirm/<token>     makes the membership active
+GET  /confirm/<token>     a page with one button (mail scanners GET: a GET changes nothing)
+POST /confirm/<token>     the button: makes the membership active (each link works once)
 GET  /unsubscribe/<token> a page with one button (link scanners GET: a GET changes nothing)
 POST /unsubscribe/<token> RFC 8058 one-click (``List-Unsubscribe=One-Click``) or the button
 POST /webhooks/<name>     bounces and complaints from postmark, sendgrid, mailgun, resend, ses
@@ -13,10 +14,13 @@ GET  /healthz             200 when the database answers
 GET  /static/site.css     the pages' style sheet (templates/web/site.css)
 ========================  ==================================================================
 
-Every response carries the security headers of :mod:`newsletter.web.http` and a strict
-Content-Security-Policy (the pages run no script at all); every page is a Jinja2 template
-with autoescaping; request bodies are capped at ``[web] max_body_bytes``.
-:func:`make_server` and :func:`run` serve it with waitress, a production WSGI server.
+Only a POST changes anything: GET and HEAD (HEAD is answered as GET without the body) read.
+Every absolute URL the site makes, redirects included, comes from ``[newsletter] site_url``,
+never from the request's Host. Every response carries the security headers of
+:mod:`newsletter.web.http` and a strict Content-Security-Policy (the pages run no script at
+all); every page is a Jinja2 template with autoescaping; request bodies are capped at
+``[web] max_body_bytes``. :func:`make_server` and :func:`run` serve it with waitress, a
+production WSGI server, guarded against slow clients (:mod:`newsletter.web.serving`).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterable
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy import text
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
@@ -40,7 +45,7 @@ from ..errors import NewsletterError, StoreError
 from ..render import render_template
 from ..store import Store
 from ..tokens import BadToken
-from . import http, signup
+from . import http, serving, signup
 from .archive import Archive
 from .webhooks import (
     PROVIDERS,
@@ -91,7 +96,8 @@ class PublicApp:
         self.secret = secret
         self.clock = clock
         self.webhooks: dict[str, Webhook | str] = {
-            name: webhook_for(config, name, clock=clock, certificates=certificates, confirm=confirm_sns)
+            name: webhook_for(config, name, clock=clock, certificates=certificates, confirm=confirm_sns,
+                              store=store)
             for name in PROVIDERS
         }
         self.archive = Archive(config, store)
@@ -102,7 +108,7 @@ class PublicApp:
             Rule("/", endpoint="home"),
             Rule("/healthz", endpoint="health"),
             Rule("/subscribe", endpoint="subscribe", methods=["GET", "POST"]),
-            Rule("/confirm/<token>", endpoint="confirm", methods=["GET"]),
+            Rule("/confirm/<token>", endpoint="confirm", methods=["GET", "POST"]),
             Rule("/unsubscribe/<token>", endpoint="unsubscribe", methods=["GET", "POST"]),
             Rule("/webhooks/<provider>", endpoint="webhook", methods=["POST"]),
             Rule("/archive/", endpoint="archive_index"),
@@ -112,6 +118,9 @@ class PublicApp:
             Rule("/static/site.css", endpoint="stylesheet"),
             Rule("/favicon.ico", endpoint="favicon"),
         ], merge_slashes=False)
+        # Redirects (werkzeug's /archive -> /archive/) are built from site_url, not the Host.
+        site = urlsplit(config.newsletter.site_url)
+        self.site_scheme, self.site_host, self.site_path = site.scheme, site.netloc, site.path.rstrip("/")
 
     def close(self) -> None:
         close = getattr(self.mailer, "close", None)
@@ -130,12 +139,14 @@ class PublicApp:
         return response(environ, start_response)
 
     def dispatch(self, request: Request) -> Response:
-        adapter = self.url_map.bind_to_environ(request.environ)
+        adapter = self.url_map.bind(self.site_host, script_name=self.site_path or "/",
+                                    url_scheme=self.site_scheme, path_info=request.path,
+                                    query_args=request.query_string.decode("latin-1"))
         try:
             length = request.content_length
             if length is not None and length > self.config.web.max_body_bytes:
                 raise RequestEntityTooLarge()
-            endpoint, args = adapter.match()
+            endpoint, args = adapter.match(method=request.method)
             return getattr(self, f"on_{endpoint}")(request, **args)
         except NotFound:
             return self.error(request, 404, "Not found", "There is nothing at this address.")
@@ -184,7 +195,8 @@ class PublicApp:
     # -- pages -------------------------------------------------------------------------------
 
     def on_home(self, request: Request) -> Response:
-        return http.secure(Response(status=302, headers={"Location": "archive/"}), PAGE_CSP)
+        location = f"{self.config.newsletter.site_url}/archive/"
+        return http.secure(Response(status=302, headers={"Location": location}), PAGE_CSP)
 
     def on_health(self, request: Request) -> Response:
         try:
@@ -217,7 +229,7 @@ class PublicApp:
                          lists=lists, chosen=wanted, honeypot=signup.HONEYPOT)
 
     def on_subscribe(self, request: Request) -> Response:
-        if request.method == "GET":
+        if request.method != "POST":  # GET and HEAD only show the form
             return self._form(request, chosen=request.args.get("list"))
         as_json = self.wants_json(request)
         if request.mimetype == "application/json":
@@ -277,13 +289,18 @@ class PublicApp:
         return self.page(request, "link-error.html", 400, message=_sentence(str(exc)), expired=expired)
 
     def on_confirm(self, request: Request, token: str) -> Response:
+        # Mail scanners open every link in a new message, so opening it (GET, HEAD) only
+        # shows the button; the button's POST confirms.
+        post = request.method == "POST"
         try:
-            result = signup.confirm(self.store, self.secret, token)
+            result = signup.confirm(self.store, self.secret, token, apply=post)
         except BadToken as exc:
             return self._bad_link(request, exc)
-        code = {"confirmed": 200, "already": 200, "blocked": 403, "gone": 410}[result.status]
-        return self.page(request, "confirmed.html", code, status=result.status,
-                         label=signup.list_label(self.config, result.list))
+        label = signup.list_label(self.config, result.list)
+        if result.status == "ready":
+            return self.page(request, "confirm.html", label=label, token=token)
+        code = {"confirmed": 200, "used": 200, "left": 410, "blocked": 403, "gone": 410}[result.status]
+        return self.page(request, "confirmed.html", code, status=result.status, label=label)
 
     def on_unsubscribe(self, request: Request, token: str) -> Response:
         try:
@@ -291,8 +308,8 @@ class PublicApp:
         except BadToken as exc:
             return self._bad_link(request, exc)
         label = signup.list_label(self.config, target.list)
-        if request.method == "GET":
-            return self.page(request, "unsubscribe.html", label=label, test=target.test)
+        if request.method != "POST":  # GET and HEAD (link scanners send both) change nothing
+            return self.page(request, "unsubscribe.html", label=label, test=target.test, token=token)
         # RFC 8058: the body is List-Unsubscribe=One-Click; our own button posts the form.
         # Either way the token in the URL is what authorises it: no cookie, no other check.
         signup.unsubscribe(self.store, target)
@@ -376,11 +393,15 @@ def _unauthorized(provider: str) -> Response:
 # Serving
 
 
-def make_server(app: PublicApp, host: str, port: int, *, threads: int = 8) -> Any:
+def make_server(app: PublicApp, host: str, port: int, *, threads: int = 8,
+                request_timeout: float = serving.REQUEST_TIMEOUT,
+                connections: int = serving.CONNECTION_LIMIT) -> Any:
     """A waitress server for ``app`` on ``host:port`` (0 picks a free port); behind a
-    reverse proxy at ``[web] trusted_proxy`` its X-Forwarded-For/-Proto/-Host are believed."""
-    from waitress.server import create_server
+    reverse proxy at ``[web] trusted_proxy`` its X-Forwarded-For/-Proto/-Host are believed.
 
+    A request must arrive whole within ``request_timeout`` seconds of its first byte, and at
+    ``connections`` open connections the longest-waiting idle or slow ones are closed to
+    make room (see :mod:`newsletter.web.serving`)."""
     web = app.config.web
     options: dict[str, Any] = {
         "host": host, "port": port, "threads": threads, "ident": "newsletter",
@@ -390,7 +411,7 @@ def make_server(app: PublicApp, host: str, port: int, *, threads: int = 8) -> An
         options.update(trusted_proxy=web.trusted_proxy, trusted_proxy_count=1,
                        trusted_proxy_headers={"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"})
     try:
-        return create_server(app, **options)
+        return serving.create(app, request_timeout=request_timeout, connections=connections, **options)
     except OSError as exc:
         reason = "the port is in use" if exc.errno == 98 else (exc.strerror or str(exc))
         raise NewsletterError(f"cannot listen on {host}:{port}: {reason}; pass --port with another number") from None
@@ -414,7 +435,11 @@ def run(server: Any, app: PublicApp) -> None:
 
 
 def url_of(server: Any) -> str:
-    host, port = str(server.effective_host), int(server.effective_port)
+    if hasattr(server, "effective_listen"):  # listening on several addresses (localhost)
+        host, port = server.effective_listen[0]
+    else:
+        host, port = server.effective_host, server.effective_port
+    host, port = str(host), int(port)
     shown = f"[{host}]" if ":" in host else host
     return f"http://{shown}:{port}/"
 

@@ -171,7 +171,7 @@ class Archive:
         tz = self.config.newsletter.timezone
         items = [
             {"slug": i.slug, "subject": i.subject, "summary": i.summary, "sent_at": i.sent_at,
-             "local_date": i.sent_at.astimezone(tz).date()}
+             "sent_at_utc": _stamp(i.sent_at), "local_date": i.sent_at.astimezone(tz).date()}
             for i in issues
         ]
         return render_template(self.config, "web/archive.html", {

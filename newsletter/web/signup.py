@@ -19,6 +19,13 @@ anyone using the form to flood an inbox; a hidden honeypot field catches simple 
 Links carry ids, never addresses: a confirmation token names the subscriber, the list and
 the moment the subscriber row was made (so a link cannot confirm a later reader who got the
 same id); an unsubscribe token (made by the campaign engine) names subscriber and list.
+
+A confirmation token is good for the one sign-up it was made for, and once. It carries a
+fingerprint of the membership as it stood when the email was sent (status, when it was made,
+confirmed and left); confirming changes the membership, and so does leaving, so after either
+the fingerprint no longer matches and the link confirms nothing. Nothing needs storing for
+that. Opening the link (GET or HEAD, as mail scanners do) only shows a page whose button
+POSTs the confirmation.
 """
 
 from __future__ import annotations
@@ -219,8 +226,19 @@ def request_signup(store: Store, config: Config, email: str, name: str = "",
 # Confirming
 
 
-def confirm_token(secret: str, subscriber_id: int, list_id: int, created_at: dt.datetime) -> str:
-    return sign(secret, "confirm", {"s": subscriber_id, "l": list_id, "c": int(created_at.timestamp())},
+def membership_mark(status: str, created_at: dt.datetime, confirmed_at: dt.datetime | None,
+                    unsubscribed_at: dt.datetime | None) -> str:
+    """A short fingerprint of a membership's state: any confirmation or leaving changes it."""
+    stamps = [status, *(t.isoformat() if t else "" for t in (created_at, confirmed_at, unsubscribed_at))]
+    return hashlib.sha256("|".join(stamps).encode()).hexdigest()[:16]
+
+
+def confirm_token(secret: str, subscriber_id: int, list_id: int, created_at: dt.datetime,
+                  mark: str) -> str:
+    """The link's token for one sign-up: the subscriber (and when the row was made), the
+    list, and the membership's :func:`membership_mark` when the email was sent."""
+    return sign(secret, "confirm",
+                {"s": subscriber_id, "l": list_id, "c": int(created_at.timestamp()), "m": mark},
                 ttl=CONFIRM_TTL)
 
 
@@ -230,7 +248,10 @@ def confirm_url(config: Config, token: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Confirmed:
-    status: str  # confirmed | already | blocked | gone
+    # ready: the link would confirm (a GET shows the button); confirmed: it just did;
+    # used: its sign-up is confirmed already; left: the reader left after it was sent;
+    # blocked: the address is suppressed; gone: the subscriber or list no longer exists
+    status: str
     list: ListRef | None
 
 
@@ -241,13 +262,19 @@ def _int(data: dict[str, Any], key: str) -> int:
     return value
 
 
-def confirm(store: Store, secret: str, token: str, now: dt.datetime | None = None) -> Confirmed:
-    """Make the membership a confirmation link names active. Raises BadToken for a forged,
-    damaged or expired link (nothing changes then)."""
+def confirm(store: Store, secret: str, token: str, now: dt.datetime | None = None, *,
+            apply: bool = True) -> Confirmed:
+    """Make active the membership a confirmation link was made for, if it is still in the
+    state the link was sent in; with ``apply=False`` only say what confirming would do
+    (status ``ready`` instead of ``confirmed``), changing nothing. Raises BadToken for a
+    forged, damaged or expired link (nothing changes then)."""
     data = verify(secret, "confirm", token, now=now.timestamp() if now else None)
     sub_id, list_id, made = _int(data, "s"), _int(data, "l"), _int(data, "c")
+    mark = data.get("m")  # links sent before marks existed have none
+    if mark is not None and not isinstance(mark, str):
+        raise BadToken("this link is damaged; copy the whole link from the email")
     now = now or utcnow()
-    with store.write() as conn:
+    with (store.write() if apply else store.read()) as conn:
         sub = conn.execute(
             select(subscribers.c.email_hash, subscribers.c.created_at).where(subscribers.c.id == sub_id)
         ).first()
@@ -255,21 +282,25 @@ def confirm(store: Store, secret: str, token: str, now: dt.datetime | None = Non
         if sub is None or lst is None or int(sub.created_at.timestamp()) != made:
             return Confirmed("gone", None)
         ref = ListRef(lst.id, lst.name, lst.title)
-        status = conn.execute(
-            select(memberships.c.status).where(
-                memberships.c.list_id == list_id, memberships.c.subscriber_id == sub_id
-            )
-        ).scalar_one_or_none()
-        if status is None:
+        query = select(memberships.c.status, memberships.c.created_at, memberships.c.confirmed_at,
+                       memberships.c.unsubscribed_at).where(
+            memberships.c.list_id == list_id, memberships.c.subscriber_id == sub_id
+        )
+        row = conn.execute(query.with_for_update() if apply else query).first()
+        if row is None:
             return Confirmed("gone", ref)
         found = suppression_of(conn, sub.email_hash)
+        if found is not None and found.reason != "forgotten":
+            return Confirmed("blocked", ref)
+        current = membership_mark(row.status, row.created_at, row.confirmed_at, row.unsubscribed_at)
+        fresh = current == mark if mark is not None else row.status == "pending"
+        if not fresh or (row.status == "active" and found is None):
+            return Confirmed("used" if row.status == "active" else "left", ref)
+        if not apply:
+            return Confirmed("ready", ref)
         if found is not None:
-            if found.reason != "forgotten":
-                return Confirmed("blocked", ref)
             # They asked to be forgotten once and have now opted in again and confirmed.
             conn.execute(delete(suppressions).where(suppressions.c.email_hash == sub.email_hash))
-        if status == "active" and found is None:
-            return Confirmed("already", ref)
         conn.execute(
             update(memberships)
             .where(memberships.c.list_id == list_id, memberships.c.subscriber_id == sub_id)
@@ -337,7 +368,7 @@ def confirmation_message(config: Config, lst: ListRef, link: str) -> Rendered:
     n = config.newsletter
     today = dt.datetime.now(n.timezone).date()
     subject = f"Confirm your subscription to {list_label(config, lst)}"
-    preheader = "One click and you are on the list. Not you? Ignore this email."
+    preheader = "Open the link and press the button to join. Not you? Ignore this email."
     context = {
         "newsletter": n, "list_label": list_label(config, lst), "confirm_url": link,
         "subject": subject, "preheader": preheader, "date": today, "days": CONFIRM_TTL // 86400,
@@ -362,10 +393,17 @@ def send_confirmation(config: Config, store: Store, secret: str, job: ConfirmJob
         lst = conn.execute(
             select(lists.c.id, lists.c.name, lists.c.title).where(lists.c.id == job.list_id)
         ).first()
-    if sub is None or lst is None:
+        member = conn.execute(
+            select(memberships.c.status, memberships.c.created_at, memberships.c.confirmed_at,
+                   memberships.c.unsubscribed_at).where(
+                memberships.c.list_id == job.list_id, memberships.c.subscriber_id == job.subscriber_id
+            )
+        ).first()
+    if sub is None or lst is None or member is None:
         return None
     ref = ListRef(lst.id, lst.name, lst.title)
-    link = confirm_url(config, confirm_token(secret, job.subscriber_id, job.list_id, sub.created_at))
+    mark = membership_mark(member.status, member.created_at, member.confirmed_at, member.unsubscribed_at)
+    link = confirm_url(config, confirm_token(secret, job.subscriber_id, job.list_id, sub.created_at, mark))
     rendered = confirmation_message(config, ref, link)
     template = MessageTemplate(config, rendered, ref.name)
     leave = unsubscribe_url(config, sign(secret, "unsubscribe", {"s": job.subscriber_id, "l": job.list_id}))
