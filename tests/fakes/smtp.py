@@ -48,6 +48,11 @@ class Sink:
         ):
             asyncio.get_running_loop().call_later(0.01, server.transport.close)
             return "421 4.3.2 Service shutting down, closing channel"
+        if self.close_after_each and getattr(session, "kept", 0):
+            # The close after the last message has not happened yet (a busy machine): it
+            # happens now, before this transaction starts, as on a server that hung up.
+            server.transport.close()
+            return "421 4.4.2 closing"
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 OK"
