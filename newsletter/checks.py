@@ -1,23 +1,32 @@
 """Pre-flight checks on a rendered issue: size, links, images, compliance.
 
 Errors stop a send (Gmail clipping, a missing unsubscribe link or postal address, images
-without alt text, links a mail client cannot follow, a missing image); warnings are shown
-and do not. Each finding names the file and, where it can, the line.
+without alt text, links a mail client cannot follow, a missing image, and the placeholders
+`newsletter init` and `newsletter new` write: stub text, "Your Name", addresses on domains
+reserved for examples); warnings are shown and do not. Each finding names the file and, where
+it can, the line.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from .config import Config
+from .content import Issue
 from .render import PLACEHOLDERS, SAFE_SCHEMES, LinkRef, Rendered
+from .scaffold import PLACEHOLDER_NAME, STUB_PREHEADER, STUB_SENTENCES
 
 GMAIL_CLIP_BYTES = 102 * 1024
 STYLE_BLOCK_BYTES = 16 * 1024
 SUBJECT_WARN_CHARS = 80
+# Names reserved for examples and tests (RFC 2606, RFC 6761): nobody receives mail there and
+# no site answers, so a sender or site_url on one means every reply and unsubscribe is lost.
+EXAMPLE_DOMAINS = ("example.com", "example.net", "example.org")
+EXAMPLE_TLDS = ("example", "test", "invalid", "localhost")
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +107,126 @@ def _link_problem(url: str, ids: set[str]) -> str | None:
     return None
 
 
+def example_domain(host: str) -> str | None:
+    """The reserved name ``host`` is or lies under (``example.com``, ``.test``,
+    ``localhost``), or None for a host someone can own."""
+    name = host.strip().rstrip(".").lower()
+    for domain in EXAMPLE_DOMAINS:
+        if name == domain or name.endswith("." + domain):
+            return domain
+    if name == "localhost":
+        return name
+    tld = name.rpartition(".")[2]
+    return f".{tld}" if tld in EXAMPLE_TLDS else None
+
+
+def _reserved(name: str) -> str:
+    if name == "localhost":
+        return "localhost, which is only ever this computer"
+    if name.startswith("."):
+        return f"{name}, a top-level domain reserved for tests and examples"
+    return f"{name}, a domain reserved for examples"
+
+
+def _same(text: str | None, placeholder: str) -> bool:
+    """``text`` is ``placeholder``, give or take case and spaces."""
+    return " ".join((text or "").split()).casefold() == " ".join(placeholder.split()).casefold()
+
+
+def _key_line(path: Path, key: str) -> int | None:
+    """The line of ``key:`` in the front matter of ``path``, or None."""
+    try:
+        lines = path.read_text(encoding="utf-8").removeprefix("\ufeff").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not lines or lines[0].strip() != "---":
+        return None
+    for number, line in enumerate(lines[1:], start=2):
+        if line.strip() in ("---", "..."):
+            return None
+        if line.split(":", 1)[0].strip() == key and ":" in line:
+            return number
+    return None
+
+
+def _at(config: Config, path: Path, line: int | None) -> str:
+    return _rel(config, path) + (f" line {line}" if line else "")
+
+
+def _stub_line(body: str, first_line: int) -> tuple[str, int] | None:
+    """The first sentence of `newsletter new`'s stub still in ``body``, with its line."""
+    flat = " ".join(body.split())
+    for sentence in STUB_SENTENCES:
+        if sentence not in flat:
+            continue
+        opening = " ".join(sentence.split()[:3])
+        for offset, line in enumerate(body.splitlines()):
+            if opening in " ".join(line.split()):
+                return sentence, first_line + offset
+        return sentence, first_line
+    return None
+
+
+def placeholder_findings(config: Config, issue: Issue) -> list[Finding]:
+    """Errors for what `newsletter init` and `newsletter new` wrote and the writer has not
+    replaced yet: it would reach every reader as it is."""
+    findings: list[Finding] = []
+    n = config.newsletter
+    toml = _rel(config, config.path)
+
+    def error(where: str, message: str) -> None:
+        findings.append(Finding("error", where, message))
+
+    if _same(n.sender.name, PLACEHOLDER_NAME):
+        error(toml, f"[newsletter] from: the sender name {n.sender.name!r} is the placeholder "
+                    "`newsletter init` wrote; write the name readers know you by")
+    if _same(n.author, PLACEHOLDER_NAME):
+        error(toml, f"[newsletter] author: {n.author!r} is the placeholder `newsletter init` "
+                    "wrote; write your name (without author, the from name is used)")
+    if not n.allow_example_domains:
+        addresses = [("from", n.sender.email, "no mail is delivered there; write the address you "
+                                              "send from, on a domain of your own (and in "
+                                              "reply_to, where it is set)")]
+        if n.reply_to != n.sender.email:  # else it is the from address, reported already
+            addresses.append(("reply_to", n.reply_to, "replies would be lost; write the address "
+                                                      "that should get them, or remove the line "
+                                                      "to use the from address"))
+        if n.unsubscribe_mailto:
+            addresses.append(("unsubscribe_mailto", n.unsubscribe_mailto,
+                              "unsubscribe requests by email would be lost; write an address "
+                              "you read, or remove the line"))
+        for key, address, why in addresses:
+            reserved = example_domain(address.rpartition("@")[2])
+            if reserved:
+                error(toml, f"[newsletter] {key}: {address!r} is on {_reserved(reserved)}, so {why}")
+        reserved = example_domain(urlsplit(n.site_url).hostname or "")
+        if reserved:
+            error(toml, f"[newsletter] site_url: {n.site_url!r} is on {_reserved(reserved)}, so "
+                        "every unsubscribe and web link in the email would be dead; write the "
+                        "address where `newsletter serve` or your archive is reachable")
+
+    if _same(issue.preheader, STUB_PREHEADER):
+        error(_at(config, issue.issue_file, _key_line(issue.issue_file, "preheader")),
+              "preheader is still the placeholder `newsletter new` wrote; write the line the "
+              "inbox shows after the subject")
+    stub = _stub_line(issue.note, issue.note_line)
+    if stub:
+        error(_at(config, issue.issue_file, stub[1]),
+              f"{stub[0]!r} is the stub text `newsletter new` wrote; write your own note here")
+    for post in issue.posts:
+        if _same(post.author, PLACEHOLDER_NAME):
+            line = _key_line(post.path, "author")
+            if line is not None:  # else it is [newsletter] author, reported above
+                error(_at(config, post.path, line),
+                      f"author: {post.author!r} is the placeholder `newsletter new` wrote; "
+                      "write your name, or remove the line to use [newsletter] author")
+        stub = _stub_line(post.body, post.body_line)
+        if stub:
+            error(_at(config, post.path, stub[1]),
+                  f"{stub[0]!r} is the stub text `newsletter new` wrote; write the post here")
+    return findings
+
+
 def run_checks(config: Config, rendered: Rendered) -> list[Finding]:
     """Every finding for ``rendered``, errors first."""
     findings: list[Finding] = []
@@ -110,6 +239,9 @@ def run_checks(config: Config, rendered: Rendered) -> list[Finding]:
 
     def warning(where: str, message: str) -> None:
         findings.append(Finding("warning", where, message))
+
+    # Placeholders from `newsletter init` and `newsletter new`.
+    findings.extend(placeholder_findings(config, issue))
 
     # Size: Gmail clips the HTML body past about 102 KB and drops a <style> over 16 KB.
     size = len(rendered.html.encode("utf-8"))
@@ -198,9 +330,12 @@ def run_checks(config: Config, rendered: Rendered) -> list[Finding]:
 
 
 def _check_ref(config: Config, ref: LinkRef, ids: set[str], error) -> None:
-    where = _rel(config, ref.file) + (f" line {ref.line}" if ref.line else "")
+    where = _at(config, ref.file, ref.line)
     if ref.kind == "image":
-        if not (ref.alt or "").strip():
+        if ref.html:
+            if ref.alt is None:
+                error(where, f"image {ref.url!r} has no alt attribute; add alt=\"...\"")
+        elif not (ref.alt or "").strip():
             error(
                 where,
                 f"image {ref.url!r} has no alt text; describe it: ![what it shows]({ref.url})",
@@ -224,6 +359,21 @@ def _check_ref(config: Config, ref: LinkRef, ids: set[str], error) -> None:
     problem = _link_problem(ref.url, ids)
     if problem:
         error(where, problem)
+
+
+def list_finding(config: Config, issue: Issue, lists: Collection[str]) -> Finding | None:
+    """An error when the issue's ``list:`` is none of ``lists`` (the lists in the database).
+    The default list is made when it is first used, so it always passes."""
+    name = issue.list_name
+    if not name or name == config.newsletter.default_list or name in lists:
+        return None
+    known = ", ".join(sorted(lists)) or "none yet"
+    return Finding(
+        "error",
+        _at(config, issue.issue_file, _key_line(issue.issue_file, "list")),
+        f"list {name!r} does not exist; lists: {known}. Write one of them in `list:`, or "
+        f"create it with `newsletter lists create {name}`",
+    )
 
 
 def has_errors(findings: list[Finding]) -> bool:

@@ -67,6 +67,9 @@ class NewsletterSettings:
     timezone: ZoneInfo
     default_list: str
     unsubscribe_mailto: str | None
+    # Addresses on example.com, .test and the other names reserved for examples pass the
+    # checks only when this is set: a test suite or a demo, never a real newsletter.
+    allow_example_domains: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,6 +336,12 @@ def _sender(value: Any) -> Address:
     return Address(name=name, email=address)
 
 
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, got {value!r}")
+    return value
+
+
 def _url(value: Any) -> str:
     text = _text(value)
     parts = urlsplit(text)
@@ -532,6 +541,7 @@ def parse(data: Mapping[str, Any], path: Path, env: Mapping[str, str]) -> Config
     timezone = s.get("timezone", ZoneInfo("UTC"), _timezone)
     default_list = s.get("default_list", "main", _list_name)
     unsubscribe_mailto = s.get("unsubscribe_mailto", None, _email)
+    allow_example_domains = s.get("allow_example_domains", False, _flag)
     s.finish()
 
     sched = _Section("schedule", data.get("schedule"), problems)
@@ -591,6 +601,7 @@ def parse(data: Mapping[str, Any], path: Path, env: Mapping[str, str]) -> Config
             timezone=timezone,
             default_list=default_list,
             unsubscribe_mailto=unsubscribe_mailto,
+            allow_example_domains=allow_example_domains,
         ),
         schedule=ScheduleSettings(weekday=weekday, time=clock, grace=grace),
         provider=ProviderSettings(

@@ -18,6 +18,7 @@ import textwrap
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cache
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -52,8 +53,9 @@ class LinkRef:
     line: int | None
     kind: str  # "link" or "image"
     url: str  # as written in the Markdown
-    alt: str | None = None
+    alt: str | None = None  # for HTML: None when the tag has no alt attribute
     local: Path | None = None  # the file a relative URL points at, when it is one
+    html: bool = False  # written as an HTML tag in the post rather than in Markdown
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,12 +107,47 @@ def markdown() -> MarkdownIt:
 
 
 def _children(tokens: Iterable[Token]) -> Iterable[tuple[Token, int | None]]:
-    """Every inline token with the line of the block it sits in (0-based, relative)."""
+    """Every inline token with the line it starts on (0-based, relative to the source)."""
     for token in tokens:
         if token.type == "inline" and token.children:
             line = token.map[0] if token.map else None
             for child in token.children:
                 yield child, line
+                if line is not None:
+                    if child.type in ("softbreak", "hardbreak"):
+                        line += 1
+                    elif child.type == "html_inline":
+                        line += child.content.count("\n")
+
+
+class _HtmlRefs(HTMLParser):
+    """The links and images in a piece of raw HTML written in a post, with their lines."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.found: list[tuple[str, str, str | None, int]] = []  # kind, url, alt, line (1-based)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        line = self.getpos()[0]
+        if tag == "a" and values.get("href") is not None:
+            self.found.append(("link", str(values["href"]), None, line))
+        elif tag == "img":
+            self.found.append(("image", str(values.get("src") or ""), values.get("alt"), line))
+
+    handle_startendtag = handle_starttag
+
+
+def _html_refs(fragment: str, file: Path, line: int | None) -> list[LinkRef]:
+    """LinkRefs for the <a href> and <img> tags in ``fragment``, which starts on ``line``."""
+    parser = _HtmlRefs()
+    parser.feed(fragment)
+    parser.close()
+    return [
+        LinkRef(file=file, line=line + offset - 1 if line is not None else None, kind=kind,
+                url=url, alt=alt, html=True)
+        for kind, url, alt, offset in parser.found
+    ]
 
 
 def _is_relative(url: str) -> bool:
@@ -172,7 +209,13 @@ def _render_markdown(
     links: list[LinkRef] = []
     # Each link/image: record it, and remember how to write its URL for email and web.
     rewrites: list[tuple[Token, str, str, str]] = []  # token, attr, email url, web url
+    for token in tokens:
+        if token.type == "html_block" and token.map:
+            links.extend(_html_refs(token.content, file, first_line + token.map[0]))
     for child, line in _children(tokens):
+        if child.type == "html_inline":
+            links.extend(_html_refs(child.content, file, first_line + line if line is not None else None))
+            continue
         if child.type not in ("link_open", "image"):
             continue
         attr = "href" if child.type == "link_open" else "src"
@@ -187,6 +230,7 @@ def _render_markdown(
             suffix = f"#{fragment}" if fragment else ""
             rewrites.append((child, attr, f"{web_url}{name}{suffix}", f"{name}{suffix}"))
         links.append(LinkRef(file=file, line=absolute_line, kind=kind, url=url, alt=alt, local=local))
+    links.sort(key=lambda ref: ref.line or 0)  # in the order of the file
 
     options = md.options
     for token, attr, email_url, _web in rewrites:

@@ -14,6 +14,18 @@ from .errors import ContentError, NewsletterError
 from .render import builtin_templates
 from .schedule import next_free_slot
 
+# What `init` and `new` write where the writer's own words belong. The pre-flight checks
+# (newsletter.checks) refuse to send any of it, so none of it can reach a reader.
+PLACEHOLDER_NAME = "Your Name"
+PLACEHOLDER_ADDRESS = "you@example.com"
+PLACEHOLDER_SITE_URL = "https://newsletter.example.com"
+STUB_PREHEADER = "The line inboxes show after the subject: why open this one?"
+STUB_SENTENCES = (
+    "Start with the story, then the point.",
+    "Close with what the reader can do on Monday.",
+)
+STUB_BODY = " ".join(STUB_SENTENCES) + "\n"
+
 GITIGNORE = """\
 .venv/
 dist/
@@ -31,7 +43,7 @@ CONFIG_TEMPLATE = """\
 [newsletter]
 name = "{name}"
 description = "A weekly letter."
-site_url = "https://newsletter.example.com"   # where `newsletter serve` or the archive is reachable
+site_url = "{site_url}"   # where `newsletter serve` or the archive is reachable
 language = "en"
 author = "{author}"
 from = {{ name = "{author}", address = "{address}" }}
@@ -58,8 +70,8 @@ class AlreadyExists(NewsletterError):
     pass
 
 
-def init(folder: Path, name: str | None = None, author: str = "Your Name",
-         address: str = "you@example.com", timezone: str = "UTC") -> list[Path]:
+def init(folder: Path, name: str | None = None, author: str = PLACEHOLDER_NAME,
+         address: str = PLACEHOLDER_ADDRESS, timezone: str = "UTC") -> list[Path]:
     """Scaffold a newsletter in ``folder``; refuses to overwrite an existing one."""
     folder = folder.expanduser()
     config_path = folder / CONFIG_NAME
@@ -72,7 +84,8 @@ def init(folder: Path, name: str | None = None, author: str = "Your Name",
             raise NewsletterError(f"{value!r}: quotes, backslashes and line breaks are not allowed")
     created = []
     config_path.write_text(
-        CONFIG_TEMPLATE.format(name=title, author=author, address=address, timezone=timezone),
+        CONFIG_TEMPLATE.format(name=title, author=author, address=address, timezone=timezone,
+                               site_url=PLACEHOLDER_SITE_URL),
         encoding="utf-8",
     )
     created.append(config_path)
@@ -133,13 +146,12 @@ def new_issue(config: Config, title: str, now: dt.datetime | None = None,
     quoted = title.replace("\\", "\\\\").replace('"', '\\"')
     issue_md = folder / ISSUE_FILE
     issue_md.write_text(
-        f'---\nsubject: "{quoted}"\npreheader: ""\n---\n', encoding="utf-8"
+        f'---\nsubject: "{quoted}"\npreheader: "{STUB_PREHEADER}"\n---\n', encoding="utf-8"
     )
     post = folder / f"01-{slug}.md"
     author = config.newsletter.author.replace('"', '\\"')
     post.write_text(
-        f'---\ntitle: "{quoted}"\nauthor: "{author}"\n---\n'
-        "Start with the story, then the point. Close with what the reader can do on Monday.\n",
+        f'---\ntitle: "{quoted}"\nauthor: "{author}"\n---\n' + STUB_BODY,
         encoding="utf-8",
     )
     return NewIssue(folder=folder, files=[issue_md, post], slot=slot)

@@ -591,7 +591,10 @@ def schedule_issue(config: Config, store: Store, name: str, at: str | dt.datetim
     """Write ``send_at`` into issue ``name``: ``at``, or by default its slot.
 
     The default is the slot on the issue's own folder date when that is a free slot still to
-    come (where `newsletter new` put it), else the next slot no other issue has claimed."""
+    come (where `newsletter new` put it), else the next slot no other issue has claimed.
+    An issue whose ``list:`` is not in the database is refused."""
+    from .issue_checks import refuse_unknown_list
+
     tz = config.newsletter.timezone
     issue = _planned_issue(config, name)
     list_name = issue.list_name or config.newsletter.default_list
@@ -607,6 +610,7 @@ def schedule_issue(config: Config, store: Store, name: str, at: str | dt.datetim
             "pick a later time"
         )
     _refuse_campaign(store, issue, list_name, config, "scheduled again")
+    refuse_unknown_list(config, store, issue)
     others = [p for p in scan(config) if p.slug != issue.slug]
     taken = {p.date for p in others if p.date is not None}
     if moment is None:

@@ -18,6 +18,7 @@ author = "Ann Berg"
 from = { name = "Ann Berg", address = "ann@example.com" }
 postal_address = "1 Test Street, Oslo"
 timezone = "Europe/Oslo"
+allow_example_domains = true
 
 [schedule]
 weekday = "tuesday"
@@ -163,7 +164,29 @@ def cli():
     return _run
 
 
-# --- CI: nothing may skip ---
+# --- the run's summary, and CI: nothing may skip ---
+
+
+def _skip_reason(report: pytest.TestReport) -> str:
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+    return reason.removeprefix("Skipped: ")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    """One line per reason for the skipped tests: a run without PostgreSQL or Chromium says
+    so in a few lines, not one per test. (Failures and errors are listed one by one: `-rfE`
+    in pyproject.toml.)"""
+    from collections import Counter
+
+    from newsletter.wording import plural
+
+    reasons = Counter(_skip_reason(r) for r in terminalreporter.stats.get("skipped", []))
+    if not reasons:
+        return
+    terminalreporter.write_sep("=", "skipped tests, by reason")
+    for reason, count in reasons.most_common():
+        terminalreporter.write_line(f"SKIPPED {plural(count, 'test')}: {reason}", yellow=True)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -171,11 +194,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     the tests use), a skipped test fails the run."""
     if not os.environ.get("NEWSLETTER_REQUIRE_ALL"):
         return
+    from newsletter.wording import plural
+
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     skipped = len(reporter.stats.get("skipped", [])) if reporter else 0
     if skipped:
         if reporter:
-            reporter.write_line(f"NEWSLETTER_REQUIRE_ALL: {skipped} test(s) skipped; CI runs them all", red=True)
+            reporter.write_line(f"NEWSLETTER_REQUIRE_ALL: {plural(skipped, 'test')} skipped; CI runs them all",
+                                red=True)
         session.exitstatus = 1
 
 

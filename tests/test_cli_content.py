@@ -75,6 +75,7 @@ def test_check_passes_and_fails(sample):
     result = run("check", "2026-12-01-the-quota-is-not-the-goal")
     assert result.exit_code == 1
     assert "image 'gone.png' does not exist" in result.output
+    assert "checks: 1 error, 0 warnings" in result.output
     assert "01-the-quota-is-not-the-goal.md line " in result.output
 
 
@@ -160,4 +161,93 @@ def test_new_command(letter):
     assert result.exit_code == 0, result.output
     (folder,) = (letter / "issues").iterdir()
     assert dt.date.fromisoformat(folder.name[:10]).weekday() == 1  # a Tuesday
+    # It builds, and its stub text is all that stops it.
+    result = run("build")
+    assert result.exit_code == 1 and "checks: 2 errors, 0 warnings" in result.output
+    assert "preheader is still the placeholder" in result.output and "is the stub text" in result.output
+    (folder / "issue.md").write_text('---\nsubject: "Quotas"\npreheader: "Why the number lies"\n---\n')
+    post = next(folder.glob("01-*.md"))
+    front_matter = post.read_text().rpartition("---\n")[0]
+    post.write_text(front_matter + "---\nThe story, then the point.\n")
     assert run("build").exit_code == 0
+
+
+def test_new_transliterates_the_title_into_the_folder_name(letter):
+    result = run("new", "Tromsø og Ålesund", "--date", "2026-12-08")
+    assert result.exit_code == 0, result.output
+    folder = letter / "issues" / "2026-12-08-tromso-og-alesund"
+    assert (folder / "01-tromso-og-alesund.md").is_file()
+    assert 'subject: "Tromsø og Ålesund"' in (folder / "issue.md").read_text(encoding="utf-8")
+
+
+# -- naming an issue on the command line ---------------------------------------------------------
+
+# Every command that takes ISSUE, with the options that get it past its own prompts.
+ISSUE_COMMANDS = [
+    ("build",),
+    ("check",),
+    ("preview", "--no-open"),
+    ("send", "--yes"),
+    ("send", "--dry-run"),
+    ("send", "--test-to", "me@example.org"),
+    ("status",),
+    ("cancel", "--yes"),
+    ("schedule",),
+    ("unschedule",),
+]
+
+
+@pytest.fixture
+def two_issues(letter, write, monkeypatch):
+    """The letter with the outbox, one reader, and two issues both called why-quotas-fail."""
+    write("newsletter.toml", (letter / "newsletter.toml").read_text() + '\n[provider]\nname = "outbox"\n')
+    write(".env", "NEWSLETTER_SECRET=names-secret\n")
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", f"sqlite:///{letter / 'newsletter.db'}")
+    for slug in ("2026-12-01-why-quotas-fail", "2026-12-08-why-quotas-fail"):
+        write(f"issues/{slug}/issue.md", "---\nsubject: Why quotas fail\npreheader: P\n---\n")
+        write(f"issues/{slug}/01-a.md", "---\ntitle: A\n---\nSell well.\n")
+    assert run("subscribers", "add", "ann@example.com", "--confirmed").exit_code == 0
+    return letter
+
+
+def error_line(result) -> str:
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+def test_the_list_above_has_every_command_that_takes_an_issue():
+    takes_issue = {" ".join(path) for path, command in all_commands(main)
+                   if any(p.name == "issue" for p in command.params)}
+    assert takes_issue == {args[0] for args in ISSUE_COMMANDS}
+
+
+@pytest.mark.parametrize("args", ISSUE_COMMANDS, ids=" ".join)
+def test_an_unknown_issue_is_an_error_everywhere(two_issues, args):
+    line = error_line(CliRunner().invoke(main, [args[0], "nope", *args[1:]]))
+    assert line.startswith("error: no issue 'nope' in ")
+    assert "2026-12-01-why-quotas-fail, 2026-12-08-why-quotas-fail" in line
+    assert not (two_issues / "outbox").exists()
+
+
+@pytest.mark.parametrize("args", ISSUE_COMMANDS, ids=" ".join)
+def test_a_short_name_of_two_issues_is_ambiguous_everywhere(two_issues, args):
+    line = error_line(CliRunner().invoke(main, [args[0], "why-quotas-fail", *args[1:]]))
+    assert line.startswith("error: 'why-quotas-fail' is ambiguous: ")
+    assert "2026-12-01-why-quotas-fail" in line and "2026-12-08-why-quotas-fail" in line
+    assert not (two_issues / "outbox").exists()
+
+
+def test_status_still_shows_an_issue_whose_folder_was_deleted(two_issues):
+    sent = run("send", "2026-12-01-why-quotas-fail", "--yes")
+    assert sent.exit_code == 0, sent.output
+    shutil.rmtree(two_issues / "issues" / "2026-12-01-why-quotas-fail")
+    for name in ("2026-12-01-why-quotas-fail", "issues/2026-12-01-why-quotas-fail/"):
+        status = CliRunner().invoke(main, ["status", name])
+        assert status.exit_code == 0, status.output
+        assert "2026-12-01-why-quotas-fail → main via outbox: finished" in status.stdout
+    # The short name now names one folder (the other issue), which has no campaign yet.
+    assert run("status", "why-quotas-fail").stdout == "no campaigns for 2026-12-08-why-quotas-fail yet\n"
+    cancel = error_line(CliRunner().invoke(main, ["cancel", "2026-12-01-why-quotas-fail", "--yes"]))
+    assert cancel == "error: the campaign for 2026-12-01-why-quotas-fail is finished already"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .common import Env, human_size, pass_env, show_path
+from .common import Env, human_size, pass_env, plural, show_path
 
 ISSUE_ARG = click.argument("issue", required=False)
 
@@ -22,7 +22,7 @@ def print_findings(findings) -> None:
         click.echo(f"  {click.style(finding.level, fg=colour)}: {finding}")
     errors = sum(1 for f in findings if f.level == "error")
     warnings = len(findings) - errors
-    click.echo(f"checks: {errors} error(s), {warnings} warning(s)")
+    click.echo(f"checks: {plural(errors, 'error')}, {plural(warnings, 'warning')}")
 
 
 @click.command()
@@ -83,9 +83,9 @@ def build(env: Env, issue: str | None) -> None:
 @pass_env
 def check(env: Env, issue: str | None) -> None:
     """Run the pre-flight checks on ISSUE; exit 1 if any error-level check fails."""
-    from ..build import check as run
     from ..checks import has_errors
     from ..errors import ChecksFailed
+    from ..issue_checks import check as run
 
     rendered, findings = run(env.config, issue)
     click.echo(f"checked {rendered.slug}")
