@@ -10,6 +10,9 @@ from typing import Any
 import click
 
 from ..config import Config, load
+from ..wording import plural
+
+__all__ = ["Env", "human_size", "lazy_module", "pass_env", "plural", "show_path"]
 
 
 def lazy_module(name: str) -> Any:
