@@ -25,6 +25,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/render.py
 	$(BIN)/python bench/subscribers.py
 	$(BIN)/python bench/send.py
+	$(BIN)/python bench/soak.py
+	$(BIN)/python bench/senders.py
 
 clean:
 	rm -rf $(VENV) dist outbox .demo .pytest_cache .ruff_cache
