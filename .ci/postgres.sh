@@ -1,9 +1,10 @@
 # Start a throwaway PostgreSQL server on 127.0.0.1 for the test suite and export
 # NEWSLETTER_TEST_POSTGRES_URL. Source it from bash (`. .ci/postgres.sh`), e.g. in .ci/run.
 #
-# Installs PostgreSQL with apt-get when no server binaries are found. The cluster lives
-# under /tmp (NEWSLETTER_PG_DIR) and listens on NEWSLETTER_PG_PORT (default 54329); sourcing
-# the script again reuses a running server. Stop it with:
+# Installs PostgreSQL with apt-get when no server binaries are found (NEWSLETTER_PG_BINDIR
+# names other ones). The cluster lives under /tmp (NEWSLETTER_PG_DIR) and listens on
+# NEWSLETTER_PG_PORT (default 54329); sourcing the script again reuses a running server. Any
+# failure makes the `.` command itself return 1 (and so stops a `set -e` script). Stop it with:
 #   runuser -u postgres -- "$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)/pg_ctl" -D /tmp/newsletter-pg stop
 
 _newsletter_pg() {
@@ -11,9 +12,9 @@ _newsletter_pg() {
     local data="${NEWSLETTER_PG_DIR:-/tmp/newsletter-pg}"
     local role=newsletter_test
     local password=newsletter_test
-    local bindir as_pg=()
+    local bindir="${NEWSLETTER_PG_BINDIR:-}" as_pg=()
 
-    if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
+    if [ -z "$bindir" ] && ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
         echo "postgres.sh: installing PostgreSQL with apt-get" >&2
         if [ "$(id -u)" = 0 ]; then
             DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
@@ -24,7 +25,11 @@ _newsletter_pg() {
                 { echo "postgres.sh: cannot install postgresql (need root or sudo)" >&2; return 1; }
         fi
     fi
-    bindir="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)"
+    [ -n "$bindir" ] || bindir="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)"
+    if [ ! -x "$bindir/pg_ctl" ]; then
+        echo "postgres.sh: no PostgreSQL server binaries (pg_ctl) in '${bindir}'" >&2
+        return 1
+    fi
 
     # The server refuses to run as root: run it as the postgres user when we are root.
     if [ "$(id -u)" = 0 ]; then
@@ -33,16 +38,20 @@ _newsletter_pg() {
 
     if ! "$bindir/pg_isready" -q -h 127.0.0.1 -p "$port"; then
         if [ ! -f "$data/PG_VERSION" ]; then
-            local pwfile
-            pwfile="$(mktemp)" && echo "superuser-$RANDOM$RANDOM$RANDOM" >"$pwfile"
-            mkdir -p "$data" && chmod 700 "$data"
-            if [ "$(id -u)" = 0 ]; then chown postgres: "$data" "$pwfile"; fi
+            local pwfile status=0
+            pwfile="$(mktemp)" && echo "superuser-$RANDOM$RANDOM$RANDOM" >"$pwfile" &&
+                mkdir -p "$data" && chmod 700 "$data" ||
+                { echo "postgres.sh: cannot make $data for the cluster" >&2; return 1; }
+            if [ "$(id -u)" = 0 ]; then
+                chown postgres: "$data" "$pwfile" ||
+                    { rm -f "$pwfile"; echo "postgres.sh: cannot give $data to the postgres user" >&2; return 1; }
+            fi
+            # `|| status=$?` keeps a `set -e` caller from exiting before the message below.
             "${as_pg[@]}" "$bindir/initdb" -D "$data" -U postgres --auth-local=trust \
                 --auth-host=scram-sha-256 --pwfile="$pwfile" \
-                --encoding=UTF8 --locale=C.UTF-8 >"$data.initdb.log" 2>&1
-            local status=$?
+                --encoding=UTF8 --locale=C.UTF-8 >"$data.initdb.log" 2>&1 || status=$?
             rm -f "$pwfile"
-            if [ $status != 0 ]; then
+            if [ "$status" != 0 ]; then
                 echo "postgres.sh: initdb failed, see $data.initdb.log" >&2
                 return 1
             fi
@@ -70,5 +79,13 @@ SQL
     echo "postgres.sh: PostgreSQL $("$bindir/postgres" --version | awk '{print $3}') on 127.0.0.1:$port; NEWSLETTER_TEST_POSTGRES_URL is set" >&2
 }
 
-_newsletter_pg
+# The function's status is the script's: `unset` as the last command would make every
+# failure above look like success to the caller.
+_newsletter_pg_status=0
+_newsletter_pg || _newsletter_pg_status=$?
 unset -f _newsletter_pg
+if [ "$_newsletter_pg_status" != 0 ]; then
+    unset _newsletter_pg_status
+    return 1 2>/dev/null || exit 1  # sourced, as meant; or run as a script
+fi
+unset _newsletter_pg_status

@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 
 import yaml
 
-from .errors import ContentError, IssueNotFound
+from .errors import AmbiguousIssue, ContentError, IssueNotFound
 
 ISSUE_FILE = "issue.md"
 DATE_PREFIX = re.compile(r"^(\d{4}-\d{2}-\d{2})(?:-|$)")
@@ -97,18 +97,75 @@ def split_front_matter(text: str, path: Path) -> Document:
     try:
         meta = yaml.safe_load(raw) if raw.strip() else {}
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 2 if mark is not None else 2  # +1 for 1-based, +1 for the --- line
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ContentError(
-            f"{path} line {line}: front matter is not valid YAML: {problem}; "
-            "check quoting and indentation (a value with ': ' in it needs quotes)"
-        ) from None
+        line, problem = yaml_problem(exc, raw, first_line=2)  # line 1 is the ---
+        raise ContentError(f"{path} line {line}: front matter is not valid YAML: {problem}") from None
     if not isinstance(meta, dict):
         raise ContentError(
             f"{path} line 2: front matter must be key: value pairs, e.g. `subject: Why quotas fail`"
         )
     return Document(path=path, meta=meta, body="".join(lines[index + 1 :]), body_line=index + 2)
+
+
+def yaml_problem(exc: yaml.YAMLError, raw: str, first_line: int = 1) -> tuple[int, str]:
+    """The line that a person would fix, and what to do there, for YAML text ``raw`` that
+    starts on line ``first_line`` of its file.
+
+    PyYAML marks where it noticed the problem (``problem_mark``), which for an unclosed quote
+    or bracket is the end of the text; ``context_mark`` is where the construct began.
+    """
+    problem = str(getattr(exc, "problem", None) or str(exc).splitlines()[0])
+    context = str(getattr(exc, "context", None) or "")
+    problem_mark = getattr(exc, "problem_mark", None)
+    context_mark = getattr(exc, "context_mark", None)
+    at = problem_mark.line if problem_mark is not None else 0  # 0-based lines of raw
+    began = context_mark.line if context_mark is not None else at
+    text_lines = raw.splitlines()
+    here = text_lines[at] if at < len(text_lines) else ""
+    at, began = at + first_line, began + first_line
+
+    opened = raw[context_mark.index] if context_mark is not None and context_mark.index < len(raw) else ""
+
+    if "quoted scalar" in context and "end of stream" in problem:
+        return began, f"the {opened} opened on this line is never closed; add the closing {opened}"
+    if "flow sequence" in context or "flow mapping" in context:
+        closing = {"[": "]", "{": "}"}.get(opened, "bracket")
+        return began, f"the {opened} opened on this line is never closed with {closing}"
+    if "simple key" in context:
+        return began, "this line has no `key: value`; add the key and a colon, or join it to the line above"
+    late = _quote_closed_late(raw, at - first_line)
+    if late is not None:
+        quote, first = late
+        return first + first_line, (
+            f"the {quote} opened on this line closes only on line {at}; close it on this line")
+    if "'\\t'" in problem:
+        return at, "a tab; YAML allows only spaces here (to indent, and after the colon)"
+    if "cannot start any token" in problem and problem.count("'") >= 2:
+        return at, f"a value cannot start with {problem.split(chr(39))[1]!r}; put the value in quotes"
+    if "undefined alias" in problem:
+        return at, "a value starting with * is read as a YAML alias; put the value in quotes"
+    if "escape character" in problem:
+        return at, (f"{problem}: in double quotes a backslash starts an escape; use single quotes, "
+                    "or write \\\\ for a backslash")
+    if "mapping values are not allowed" in problem or "expected <block end>" in problem:
+        if here[:1].isspace():
+            return at, "this line does not line up with the lines above it; indent it like them, with spaces"
+        return at, (f"{problem}; put a value with ': ' or a quote inside it in quotes, "
+                    "e.g. preheader: \"Tip: sell well\"")
+    return at, f"{problem}; check the quoting and indentation on this line"
+
+
+def _quote_closed_late(raw: str, line: int) -> tuple[str, int] | None:
+    """A quoted value that spans lines and ends on ``line`` (0-based), where YAML found a
+    problem: almost always a quote left open on an earlier line. Its quote and first line."""
+    found = None
+    try:
+        for token in yaml.scan(raw, Loader=yaml.SafeLoader):
+            if (isinstance(token, yaml.ScalarToken) and token.style in ("'", '"')
+                    and token.end_mark.line == line and token.start_mark.line < line):
+                found = (token.style, token.start_mark.line)
+    except yaml.YAMLError:
+        pass
+    return found
 
 
 def read_document(path: Path) -> Document:
@@ -280,17 +337,35 @@ def resolve_issue(issues_dir: Path, name: str | None) -> Path:
         if folder.name == slug:
             return folder
     # A slug without its date prefix, when it names exactly one issue.
-    matches = [f for f in folders if DATE_PREFIX.sub("", f.name) == slug]
+    matches = [f for f in folders if short_name(f.name) == slug]
     if len(matches) == 1:
         return matches[0]
+    if matches:
+        raise AmbiguousIssue(ambiguous(name, [f.name for f in matches]))
     known = ", ".join(f.name for f in folders) or "none yet"
     raise IssueNotFound(f"no issue {name!r} in {issues_dir} (issues: {known})")
 
 
+def ambiguous(name: str, slugs: list[str]) -> str:
+    """The message for a short name that several issues share."""
+    return f"{name!r} is ambiguous: it is {' and '.join(slugs)}; give the whole folder name"
+
+
+def short_name(slug: str) -> str:
+    """An issue's folder name without its date: what a short name on the command line is."""
+    return DATE_PREFIX.sub("", slug)
+
+
 def slugify(title: str) -> str:
-    """A folder-friendly slug: ASCII letters, digits and hyphens."""
+    """A folder-friendly slug: ASCII letters, digits and hyphens.
+
+    Letters are transliterated, not dropped ("Tromsø og Ålesund" is tromso-og-alesund,
+    "Straße" strasse); emoji and other pictures are left out rather than spelled as words.
+    """
     import unicodedata
 
-    ascii_text = unicodedata.normalize("NFKD", title).encode("ascii", "ignore").decode()
-    slug = re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-")
+    from anyascii import anyascii
+
+    words = "".join(" " if unicodedata.category(ch) == "So" else ch for ch in title)
+    slug = re.sub(r"[^a-z0-9]+", "-", anyascii(words).lower()).strip("-")
     return slug[:60].rstrip("-") or "issue"

@@ -31,6 +31,10 @@ class IssueNotFound(NewsletterError):
     """The issue named on the command line does not exist."""
 
 
+class AmbiguousIssue(NewsletterError):
+    """The short name given on the command line is the name of several issues."""
+
+
 class TemplateError(NewsletterError):
     """A Jinja2 template is missing or fails to render."""
 

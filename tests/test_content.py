@@ -6,7 +6,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from newsletter import content
-from newsletter.errors import ContentError, IssueNotFound
+from newsletter.errors import AmbiguousIssue, ContentError, IssueNotFound
 
 OSLO = ZoneInfo("Europe/Oslo")
 
@@ -30,8 +30,42 @@ def test_malformed_yaml_names_file_and_line(tmp_path):
     message = str(caught.value)
     assert message.startswith(f"{tmp_path / '01-post.md'} line ")
     line = int(message.split(" line ")[1].split(":")[0])
-    assert 3 <= line <= 5  # the unclosed list starts on line 3; YAML notices it by line 5
+    assert line == 3  # where the list opens, not line 5 where YAML notices it is not closed
     assert "front matter is not valid YAML" in message
+
+
+def yaml_error_line(text: str, tmp_path) -> tuple[int, str]:
+    with pytest.raises(ContentError) as caught:
+        content.split_front_matter(text, tmp_path / "issue.md")
+    message = str(caught.value)
+    assert message.startswith(f"{tmp_path / 'issue.md'} line "), message
+    assert "front matter is not valid YAML" in message and "\n" not in message
+    return int(message.split(" line ")[1].split(":")[0]), message
+
+
+@pytest.mark.parametrize(
+    ("front", "line", "said"),
+    [
+        # The line a person would fix; line 1 is the opening ---.
+        ('subject: "Why quotas fail\npreheader: P\nlist: main\n', 2, 'the " opened on this line is never closed'),
+        ("subject: S\npreheader: 'Pre\nlist: main\n", 3, "the ' opened on this line is never closed"),
+        ('subject: "Why quotas fail\npreheader: "Pre"\nlist: main\n', 2, 'the " opened on this line closes only on line 3'),
+        ("subject: S\n  preheader: P\nlist: main\n", 3, "does not line up with the lines above"),
+        ("posts:\n  - 01-a.md\n - 02-b.md\nlist: main\n", 4, "does not line up with the lines above"),
+        ("subject: S\n\tpreheader: P\nlist: main\n", 3, "a tab"),
+        ("subject: S\npreheader: Tip: sell well\nlist: main\n", 3, "put a value with ': ' or a quote inside it in quotes"),
+        ("subject: S\njust a line of text\nlist: main\n", 3, "no `key: value`"),
+        ("subject: S\nposts: [01-a.md, 02-b.md\nlist: main\n", 3, "the [ opened on this line is never closed"),
+        ("subject: @ann on sales\n", 2, "put the value in quotes"),
+    ],
+    ids=["unclosed-double-quote", "unclosed-single-quote", "quote-closed-a-line-late",
+         "indented-key", "indented-list-item", "tab", "colon-in-value", "no-colon",
+         "unclosed-bracket", "reserved-character"],
+)
+def test_yaml_errors_point_at_the_line_to_fix(tmp_path, front, line, said):
+    found, message = yaml_error_line(f"---\n{front}---\nBody\n", tmp_path)
+    assert found == line, message
+    assert said in message, message
 
 
 def test_unclosed_front_matter(tmp_path):
@@ -135,6 +169,17 @@ def test_unknown_issue_lists_the_ones_that_exist(letter, write):
     assert "(issues: 2026-12-01-first)" in str(caught.value)
 
 
+def test_a_short_name_of_two_issues_is_ambiguous(letter, write):
+    make_issue(write, "2026-12-01-why-quotas-fail")
+    make_issue(write, "2027-03-02-why-quotas-fail")
+    with pytest.raises(AmbiguousIssue) as caught:
+        content.resolve_issue(letter / "issues", "why-quotas-fail")
+    message = str(caught.value)
+    assert "ambiguous" in message
+    assert "2026-12-01-why-quotas-fail" in message and "2027-03-02-why-quotas-fail" in message
+    assert content.resolve_issue(letter / "issues", "2027-03-02-why-quotas-fail").name == "2027-03-02-why-quotas-fail"
+
+
 def test_no_issues_at_all(letter):
     with pytest.raises(IssueNotFound, match="newsletter new"):
         content.resolve_issue(letter / "issues", None)
@@ -142,7 +187,17 @@ def test_no_issues_at_all(letter):
 
 @pytest.mark.parametrize(
     ("title", "slug"),
-    [("Why quotas fail", "why-quotas-fail"), ("Sälj bra: 5 tips!", "salj-bra-5-tips"), ("???", "issue")],
+    [
+        ("Why quotas fail", "why-quotas-fail"),
+        ("Sälj bra: 5 tips!", "salj-bra-5-tips"),
+        ("???", "issue"),
+        ("Tromsø og Ålesund", "tromso-og-alesund"),
+        ("ÆØÅ", "aeoa"),
+        ("Blåbær på Færøyene", "blabaer-pa-faeroyene"),
+        ("Große Straße", "grosse-strasse"),
+        ("Łódź, Þórshöfn, Œuvre", "lodz-thorshofn-oeuvre"),
+        ("Launch day 🎉", "launch-day"),
+    ],
 )
 def test_slugify(title, slug):
     assert content.slugify(title) == slug

@@ -94,7 +94,7 @@ def test_index_names_an_issue_that_does_not_build(sample_letter: Path, client: C
     edit(sample_letter / f"issues/{QUOTA}/issue.md", 'subject: "The quota', "subject: [The quota")
     body = page(client, "/")
     assert "does not build" in body
-    assert f"issues/{QUOTA}/issue.md line 3: front matter is not valid YAML" in body
+    assert f"issues/{QUOTA}/issue.md line 2: front matter is not valid YAML" in body
     assert "Listen before you lead" in body
 
 
@@ -259,6 +259,17 @@ def test_checks_are_listed_with_file_and_line(sample_letter: Path, client: Clien
     assert "does not exist; put the file beside the post" in body
 
 
+def test_the_build_log_counts_findings_in_words(sample_letter: Path) -> None:
+    (sample_letter / QUOTA_POST).write_text(
+        (sample_letter / QUOTA_POST).read_text() + "\n![A chart](missing.png)\n", encoding="utf-8"
+    )
+    lines: list[str] = []
+    app = make_app(sample_letter, log=lines.append)
+    page(Client(app), f"/issue/{QUOTA}/checks.json")
+    assert any(line.startswith(f"built {QUOTA} in ") and line.endswith(" ms (1 error, 0 warnings)")
+               for line in lines), lines
+
+
 def test_unknown_issue_is_404(client: Client) -> None:
     for url in ("/issue/no-such-issue/", "/issue/no-such-issue/email.html", "/nothing"):
         response = client.get(url)
@@ -311,7 +322,7 @@ def test_broken_front_matter_shows_file_and_line_and_fixing_it_recovers(
 
     body = page(client, f"/issue/{QUOTA}/")
     assert 'role="alert"' in body
-    assert f"issues/{QUOTA}/issue.md line 3: front matter is not valid YAML" in body
+    assert f"issues/{QUOTA}/issue.md line 2: front matter is not valid YAML" in body
     assert str(sample_letter) not in body  # paths shown relative to the newsletter folder
     assert "the last good build" in body
     # The last complete build stays available; nothing half-built is served.

@@ -210,7 +210,7 @@ def test_broken_front_matter_shows_the_error_and_fixing_it_restores_the_preview(
     good = issue_md.read_text(encoding="utf-8")
     issue_md.write_text(good.replace('subject: "The quota', "subject: [The quota"), encoding="utf-8")
     error = page.locator("#panel .error")
-    expect(error).to_contain_text(f"issues/{QUOTA}/issue.md line 3: front matter is not valid YAML",
+    expect(error).to_contain_text(f"issues/{QUOTA}/issue.md line 2: front matter is not valid YAML",
                                   timeout=WAIT_MS)
     issue_md.write_text(good.replace("The quota is not the goal", "Quotas are not goals"),
                         encoding="utf-8")

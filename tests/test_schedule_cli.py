@@ -162,7 +162,9 @@ def test_calendar_lists_slots_statuses_and_empty_weeks(outbox_letter, cli):
     assert "  Tue 2026-12-15 09:00 CET  2026-12-15-idea   draft (not scheduled)" in lines
     assert "  Tue 2026-12-22 09:00 CET  — empty: nothing planned" in lines
     assert "  Tue 2026-12-29 09:00 CET  — empty: nothing planned" in lines
-    assert lines[-1].startswith("2 of the next 3 week(s) have nothing planned")
+    assert lines[-1].startswith("nothing planned in 2 of the next 3 weeks; ")
+    empty = cli("calendar", "--weeks", "1", "--now", "2026-12-16 12:00").stdout.splitlines()
+    assert empty[-1].startswith("nothing planned in the next week; ")
     before = cli("calendar", "--weeks", "2", "--now", "2026-11-30 12:00").stdout
     assert re.search(r"^  Tue 2026-12-01 09:00 CET  2026-12-01-sent +sent \(\w{3} \d\d \w{3} \d{4}, \d\d:\d\d \w+ to main\)$",
                      before, flags=re.M), before

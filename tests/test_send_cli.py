@@ -82,7 +82,7 @@ def test_dry_run_sends_nothing(tmp_path, fake):
     make_letter(tmp_path, postmark(fake), 7)
     result = newsletter(tmp_path, "send", "--dry-run")
     assert result.returncode == 0, result.stderr
-    assert "Would send 'Crash test' to 7 subscribers of main via postmark, in 3 batch(es) of up to 3." in result.stdout
+    assert "Would send 'Crash test' to 7 subscribers of main via postmark, in 3 batches of up to 3." in result.stdout
     assert "r000@example.com" in result.stdout and "Nothing sent" in result.stdout
     assert fake.messages == []
 
@@ -124,13 +124,16 @@ def test_failed_checks_stop_the_send(tmp_path, fake):
 
 
 def test_cancel_then_nothing_more_is_sent(tmp_path, fake):
-    make_letter(tmp_path, postmark(fake), 6)
+    make_letter(tmp_path, postmark(fake), 4)
     fake.faults = [None, 401]
     first = newsletter(tmp_path, "send", "--yes")
-    assert first.returncode == 1 and "campaign stopped after 3 of 6" in first.stderr
+    assert first.returncode == 1 and "campaign stopped after 3 of 4" in first.stderr
     assert "POSTMARK_SERVER_TOKEN" in first.stderr and "--resume" in first.stderr
+    declined = subprocess.run([EXE, "cancel", "2026-12-01-crash"], cwd=tmp_path, env=env_for(tmp_path),
+                              input="n\n", capture_output=True, text=True, timeout=60)
+    assert "Cancel 2026-12-01-crash → main? 1 recipient will not get it [y/N]" in declined.stdout
     result = newsletter(tmp_path, "cancel", "2026-12-01-crash", "--yes")
-    assert result.returncode == 0 and "3 had it, 3 will not" in result.stdout
+    assert result.returncode == 0 and "3 had it, 1 will not" in result.stdout
     again = newsletter(tmp_path, "send", "--resume", "--yes")
     assert again.returncode == 1 and "cancelled" in again.stderr
     assert len(fake.messages) == 3
@@ -140,6 +143,44 @@ def test_progress_is_a_line_per_batch_without_a_terminal(tmp_path, fake):
     make_letter(tmp_path, postmark(fake), 6)
     result = newsletter(tmp_path, "send", "--yes")
     assert "6/6 done · 6 sent · 0 failed" in result.stderr
+
+
+# -- in-process, through the outbox ----------------------------------------------------------
+
+
+@pytest.fixture
+def one_reader(letter, write, monkeypatch, cli):
+    """The letter with the outbox, a secret, one issue and a single reader."""
+    write("newsletter.toml", BASIC_TOML + '\n[provider]\nname = "outbox"\n')
+    write(".env", f"NEWSLETTER_SECRET={SECRET}\n")
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", f"sqlite:///{letter / 'newsletter.db'}")
+    write("issues/2026-12-01-solo/issue.md", "---\nsubject: Solo\npreheader: P\n---\n")
+    write("issues/2026-12-01-solo/01-a.md", "---\ntitle: A\n---\nSell well.\n")
+    assert cli("subscribers", "add", "ann@example.com", "--confirmed").exit_code == 0
+    return letter
+
+
+def test_every_proof_to_the_same_address_is_kept(one_reader, cli):
+    first = cli("send", "--test-to", "me@example.org")
+    second = cli("send", "--test-to", "me@example.org", "--test-to", "me@example.org")
+    assert first.exit_code == 0 and second.exit_code == 0, second.output
+    proofs = sorted((one_reader / "outbox" / "test").glob("*.eml"))
+    assert len(proofs) == 3
+    assert all(p.name.endswith("-me@example.org.eml") for p in proofs)
+    for proof in proofs:  # each line names its own file
+        assert f"({proof.name})" in first.stdout + second.stdout
+    assert all(b"Subject: [Test] Solo" in p.read_bytes() for p in proofs)
+
+
+def test_counts_of_one_are_singular(one_reader, cli):
+    dry = cli("send", "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert "Would send 'Solo' to 1 subscriber of main via outbox, in 1 batch of up to 200." in dry.stdout
+    declined = cli("send", input="n\n")
+    assert "Send 'Solo' to 1 subscriber of main via outbox? [y/N]" in declined.stdout
+    sent = cli("send", "--yes")
+    assert sent.exit_code == 0, sent.output
+    assert "campaign started: 1 recipient frozen" in sent.stderr
 
 
 # -- crashes and interruptions ---------------------------------------------------------------
@@ -157,7 +198,7 @@ def test_killed_while_a_batch_was_accepted_but_unanswered(tmp_path, fake):
     fake.faults = []
     resumed = newsletter(tmp_path, "send", "--resume", "--yes")
     assert resumed.returncode == 0, resumed.stderr
-    assert "3 recipient(s) have an unknown outcome" in resumed.stdout
+    assert "3 recipients with an unknown outcome (a call died after it left)" in resumed.stdout
     assert delivered(fake) == Counter({a: 1 for a in everyone(15)})
     status = newsletter(tmp_path, "status", "2026-12-01-crash").stdout
     assert "12 sent, 3 unknown of 15" in status

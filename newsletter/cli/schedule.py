@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from .common import Env, pass_env, show_path
+from .common import Env, pass_env, plural, show_path
 
 NOW_HELP = "Act as if it were this time (e.g. 2026-12-08T09:00:00+01:00); for trying things out."
 
@@ -147,7 +147,9 @@ def calendar(env: Env, weeks: int, now: str | None) -> None:
                 f"! {len(row.entries)} issues planned for this day", fg="yellow"))
     if cal.empty_weeks:
         click.echo("")
-        click.echo(f"{cal.empty_weeks} of the next {weeks} week(s) have nothing planned; "
+        span = (f"the next {'week' if weeks == 1 else plural(weeks, 'week')}" if cal.empty_weeks == weeks
+                else f"{cal.empty_weeks} of the next {plural(weeks, 'week')}")
+        click.echo(f"nothing planned in {span}; "
                    "`newsletter new \"Title\"` starts an issue for the next free one.")
 
 

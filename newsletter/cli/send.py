@@ -8,7 +8,7 @@ import time
 
 import click
 
-from .common import Env, pass_env
+from .common import Env, pass_env, plural
 
 
 def _n(value: int) -> str:
@@ -52,15 +52,26 @@ def _describe(campaign, c) -> str:
     return ", ".join(parts)
 
 
-def _issue_slug(env: Env, issue: str) -> str:
-    """The slug for ISSUE: its folder when it still exists, else the name as given."""
-    from ..content import resolve_issue
-    from ..errors import IssueNotFound
+def _issue_slug(env: Env, store, issue: str) -> str:
+    """The slug for ISSUE: its folder's name, or, for an issue whose folder was deleted,
+    the name (or short name) of one of its campaigns. An unknown name is an error."""
+    from .. import campaign as engine
+    from ..content import ambiguous, resolve_issue, short_name
+    from ..errors import AmbiguousIssue, IssueNotFound
 
     try:
         return resolve_issue(env.config.issues_dir, issue).name
     except IssueNotFound:
-        return issue.rstrip("/").rsplit("/", 1)[-1]
+        name = issue.rstrip("/").rsplit("/", 1)[-1]
+        sent = sorted({c.issue for c in engine.all_campaigns(store)})
+        if name in sent:
+            return name
+        matches = [slug for slug in sent if short_name(slug) == name]
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            raise AmbiguousIssue(ambiguous(issue, matches)) from None
+        raise
 
 
 @click.command()
@@ -101,7 +112,8 @@ def send(env: Env, issue: str | None, list_name: str | None, test_to: tuple[str,
                 failed += 1
                 click.echo(f"test to {address} {outcome.status}: {outcome.reason}", err=True)
         if failed:
-            raise engine.CampaignError(f"{failed} of {len(test_to)} test messages were not sent")
+            raise engine.CampaignError(
+                f"the test send failed for {failed} of {plural(len(test_to), 'address', 'addresses')}")
         return
 
     provider = get_provider(config)
@@ -116,8 +128,9 @@ def send(env: Env, issue: str | None, list_name: str | None, test_to: tuple[str,
                 return
             total = engine.audience_size(store, name)
             batches = math.ceil(total / provider.batch_size) if total else 0
-            click.echo(f"Would send {rendered.subject!r} to {_n(total)} subscribers of {name} "
-                       f"via {provider.name}, in {_n(batches)} batch(es) of up to {_n(provider.batch_size)}.")
+            click.echo(f"Would send {rendered.subject!r} to {plural(total, 'subscriber')} of {name} "
+                       f"via {provider.name}, in {plural(batches, 'batch', 'batches')} of up to "
+                       f"{_n(provider.batch_size)}.")
             sample = engine.audience_sample(store, name, 10)
             for address in sample:
                 click.echo(f"  {address}")
@@ -154,7 +167,7 @@ def send(env: Env, issue: str | None, list_name: str | None, test_to: tuple[str,
                     engine.check_content(campaign, rendered)
                 remaining = engine.counts(store, campaign.id)["queued"]
                 if not yes:
-                    click.confirm(f"Send the changed issue to the {_n(remaining)} recipients not yet sent?",
+                    click.confirm(f"Send the changed issue to the {plural(remaining, 'recipient')} not yet sent?",
                                   abort=True)
                 engine.accept_content(store, campaign, rendered)
                 campaign = engine.find_campaign(store, rendered.slug, name)
@@ -166,11 +179,11 @@ def send(env: Env, issue: str | None, list_name: str | None, test_to: tuple[str,
                 )
             if not yes:
                 click.confirm(
-                    f"Send {rendered.subject!r} to {_n(total)} subscribers of {name} via {provider.name}?",
+                    f"Send {rendered.subject!r} to {plural(total, 'subscriber')} of {name} via {provider.name}?",
                     abort=True,
                 )
             campaign = engine.start(store, rendered, name, provider.name)
-            click.echo(f"campaign started: {_n(campaign.total)} recipients frozen", err=True)
+            click.echo(f"campaign started: {plural(campaign.total, 'recipient')} frozen", err=True)
 
         printer = ProgressPrinter(campaign.total)
         try:
@@ -188,7 +201,7 @@ def send(env: Env, issue: str | None, list_name: str | None, test_to: tuple[str,
         click.echo(f"done: {summary}")
         if c["unknown"]:
             click.echo(
-                f"{_n(c['unknown'])} recipient(s) have an unknown outcome (a call died after it left); "
+                f"{plural(c['unknown'], 'recipient')} with an unknown outcome (a call died after it left): "
                 f"`newsletter status {rendered.slug}` lists them, and `newsletter send {rendered.slug} "
                 "--resume --resend-unknown` sends to them again (they may get it twice)."
             )
@@ -205,8 +218,8 @@ def status(env: Env, issue: str | None) -> None:
     from .. import campaign as engine
     from ..store import open_store
 
-    slug = _issue_slug(env, issue) if issue else None
     with open_store(env.config) as store:
+        slug = _issue_slug(env, store, issue) if issue else None
         found = engine.all_campaigns(store, slug)
         if not found:
             click.echo(f"no campaigns{f' for {slug}' if slug else ''} yet")
@@ -245,8 +258,8 @@ def cancel(env: Env, issue: str, list_name: str | None, yes: bool) -> None:
     from .. import campaign as engine
     from ..store import open_store
 
-    slug = _issue_slug(env, issue)
     with open_store(env.config) as store:
+        slug = _issue_slug(env, store, issue)
         campaign = engine.find_campaign(store, slug, list_name)
         if campaign is None:
             raise engine.CampaignError(f"{slug} has no campaign to cancel")
@@ -254,10 +267,10 @@ def cancel(env: Env, issue: str, list_name: str | None, yes: bool) -> None:
             raise engine.CampaignError(f"the campaign for {slug} is {campaign.status} already")
         c = engine.counts(store, campaign.id)
         if not yes:
-            click.confirm(f"Cancel {slug} → {campaign.list_name}? {_n(c['queued'])} recipients will not get it",
+            click.confirm(f"Cancel {slug} → {campaign.list_name}? {plural(c['queued'], 'recipient')} will not get it",
                           abort=True)
         if c["sending"]:
-            click.echo(f"waiting for the answers to the {_n(c['sending'])} messages already handed to "
+            click.echo(f"waiting for the answers to the {plural(c['sending'], 'message')} already handed to "
                        "the service...", err=True)
         done = engine.cancel(store, campaign)
         after = done.counts

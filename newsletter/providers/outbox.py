@@ -1,17 +1,22 @@
 """The outbox: every message becomes an .eml file under ``outbox/<campaign>/``.
 
 Nothing leaves the machine; open the files in any mail client to see exactly what readers
-would get. Writing a message again replaces its file, so a resumed batch never delivers twice.
+would get. Writing a campaign's message again replaces its file, so a resumed batch never
+delivers twice. Proofs (``send --test-to``, the preview's "Send test") go to
+``outbox/test/``, each in a file of its own named by the time it was sent.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 import tempfile
 from pathlib import Path
 
 from . import Batch, Outcome, Provider
+
+PROOF_LABEL = "test"  # the label of a proof batch; a campaign's is "<id>-<issue>"
 
 
 class OutboxProvider(Provider):
@@ -35,10 +40,16 @@ class OutboxProvider(Provider):
     def send_batch(self, batch: Batch) -> list[Outcome]:
         folder = self.folder / _safe(batch.label)
         folder.mkdir(parents=True, exist_ok=True)
+        # A proof's key counts from 1 on every send; the time and the batch's own key keep a
+        # second proof to the same address from replacing the first.
+        prefix = ""
+        if batch.label == PROOF_LABEL:
+            stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
+            prefix = f"{stamp}-{_safe(batch.idempotency_key)[:8]}-"
         outcomes = []
         for env in batch.envelopes:
             data = batch.template.bytes_for(env.recipient, env.unsubscribe_url, env.message_id)
-            path = folder / f"{env.key:08d}-{_safe(env.recipient.email)}.eml"
+            path = folder / f"{prefix}{env.key:08d}-{_safe(env.recipient.email)}.eml"
             _write_atomically(path, data)
             outcomes.append(Outcome(env.key, "sent", provider_id=path.name))
         return outcomes

@@ -48,6 +48,7 @@ from ..content import Issue, issue_folders, load_issue, resolve_issue
 from ..errors import IssueNotFound, NewsletterError
 from ..render import Rendered, builtin_templates, render_issue
 from ..schedule import sent_issues
+from ..wording import plural
 from . import http
 
 DEFAULT_HOST = "127.0.0.1"
@@ -493,7 +494,7 @@ class LivePreview:
 def _checks_summary(built: IssuePreview) -> str:
     if not built.findings:
         return "checks passed"
-    return f"{built.errors} error(s), {built.warnings} warning(s)"
+    return f"{plural(built.errors, 'error')}, {plural(built.warnings, 'warning')}"
 
 
 # ---------------------------------------------------------------------------------------------
