@@ -9,6 +9,7 @@ post files assembled in name order (``01-*.md``), or the posts listed by path un
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -195,19 +196,55 @@ def _string(doc: Document, key: str, required: bool = False, hint: str = "") -> 
     return value.strip()
 
 
-def _known_keys(doc: Document, known: set[str]) -> None:
+def _key_line(doc: Document, key: str) -> str:
+    """`` line N`` for the front matter line that starts with ``key``, when it is found."""
+    try:
+        lines = doc.path.read_text(encoding="utf-8").splitlines()[: max(1, doc.body_line - 1)]
+    except (OSError, UnicodeDecodeError):
+        return ""
+    for number, line in enumerate(lines, start=1):
+        if line.split(":", 1)[0].strip().strip("'\"") == key:
+            return f" line {number}"
+    return ""
+
+
+def _closest(key: str, known: set[str]) -> str | None:
+    """The known key ``key`` was probably meant to be: the same but for case and the
+    separator (``canonical-url``), or a near spelling (``titel``, ``sumary``)."""
+    folded = key.lower().replace("-", "_").replace(" ", "_")
+    if folded in known:
+        return folded
+    close = difflib.get_close_matches(folded, sorted(known), n=1, cutoff=0.8)
+    return close[0] if close else None
+
+
+def _known_keys(doc: Document, known: set[str], *, others_allowed: bool = False) -> None:
+    """Refuse a front matter key that is not in ``known``. Where other keys are allowed (a
+    post from a blog carries its tags, date, draft...), only one that looks like a misspelt
+    known key is refused: its value would be silently lost."""
     for key in doc.meta:
-        if key not in known:
+        if key in known:
+            continue
+        meant = _closest(str(key), known)
+        if meant:
             raise ContentError(
-                f"{doc.path}: unknown front matter key {key!r} (known: {', '.join(sorted(known))})"
+                f"{doc.path}{_key_line(doc, str(key))}: unknown front matter key {key!r}; did you mean "
+                f"{meant!r}?"
+            )
+        if not others_allowed:
+            raise ContentError(
+                f"{doc.path}{_key_line(doc, str(key))}: unknown front matter key {key!r} "
+                f"(known: {', '.join(sorted(known))})"
             )
 
 
 ISSUE_KEYS = {"subject", "preheader", "list", "send_at", "posts"}
+POST_KEYS = {"title", "author", "canonical_url", "summary"}
 
 
 def load_post(path: Path, default_author: str) -> Post:
     doc = read_document(path)  # other keys (a blog's tags, draft, ...) are ignored
+    _known_keys(doc, POST_KEYS, others_allowed=True)
     title = _string(doc, "title", required=True, hint="The title of this post")
     canonical = _string(doc, "canonical_url")
     if canonical and not re.match(r"^https?://[^\s/]+", canonical):

@@ -201,3 +201,34 @@ def test_no_issues_at_all(letter):
 )
 def test_slugify(title, slug):
     assert content.slugify(title) == slug
+
+
+@pytest.mark.parametrize(("key", "meant"), [
+    ("canonical-url", "canonical_url"), ("Canonical_URL", "canonical_url"), ("titel", "title"),
+    ("sumary", "summary"), ("autor", "author"),
+])
+def test_a_misspelt_post_key_is_refused_with_the_key_it_was_meant_to_be(letter, write, key, meant):
+    write("issues/2026-12-01-x/issue.md", "---\nsubject: S\n---\n")
+    write("issues/2026-12-01-x/01-a.md",
+          f"---\ntitle: A\ntags: [sales]\n{key}: https://blog.example.com/a\n---\nBody.\n")
+    if key == "titel":
+        write("issues/2026-12-01-x/01-a.md", "---\ntitel: A\n---\nBody.\n")
+    with pytest.raises(ContentError) as caught:
+        content.load_issue(letter / "issues" / "2026-12-01-x", "Ann Berg", ZoneInfo("UTC"))
+    message = str(caught.value)
+    assert "01-a.md line" in message and f"{key!r}" in message and f"did you mean {meant!r}?" in message
+
+
+def test_a_blogs_own_post_keys_are_left_alone(letter, write):
+    write("issues/2026-12-01-x/issue.md", "---\nsubject: S\n---\n")
+    write("issues/2026-12-01-x/01-a.md",
+          "---\ntitle: A\nsubtitle: B\ndate: 2026-11-30\ntags: [sales]\ndraft: false\nslug: a\n---\nBody.\n")
+    issue = content.load_issue(letter / "issues" / "2026-12-01-x", "Ann Berg", ZoneInfo("UTC"))
+    assert [p.title for p in issue.posts] == ["A"]
+
+
+def test_a_misspelt_issue_key_suggests_the_right_one(letter, write):
+    write("issues/2026-12-01-x/issue.md", "---\nsubject: S\npre-header: P\n---\n")
+    write("issues/2026-12-01-x/01-a.md", "---\ntitle: A\n---\nBody.\n")
+    with pytest.raises(ContentError, match=r"issue.md line 3: unknown front matter key 'pre-header'; did you mean 'preheader'\?"):
+        content.load_issue(letter / "issues" / "2026-12-01-x", "Ann Berg", ZoneInfo("UTC"))
