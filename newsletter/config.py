@@ -278,12 +278,10 @@ class _Section:
         extra: dict[str, Any] = {}
         for key, value in self.data.items():
             if any(word in key.lower() for word in SECRET_WORDS):
-                hint = SECRET_ENV_HINT.get(str(self.data.get("name", "")), "the environment")
-                self.problem(
-                    key,
-                    f"secrets never live in {CONFIG_NAME}; remove it and set {hint} in the "
-                    "environment or in .env",
-                )
+                variable = SECRET_ENV_HINT.get(str(self.data.get("name", "")))
+                where = f"set {variable} in the environment or in .env" if variable else (
+                    "put it in the environment or in .env instead")
+                self.problem(key, f"secrets never live in {CONFIG_NAME}; remove it and {where}")
             elif key not in self.seen:
                 if allow_extra:
                     extra[key] = value

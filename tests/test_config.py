@@ -217,3 +217,11 @@ def test_every_command_reports_a_latin1_env_file_in_one_line(letter, cli):
             "such as å is often the cause)"
         ]
         assert "Traceback" not in result.output
+
+
+def test_a_secret_in_a_section_without_a_provider_says_where_it_goes_in_plain_words(tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        load_text(tmp_path, BASIC_TOML + '\n[database]\napi_key = "abc"\n')
+    message = str(caught.value)
+    assert "[database] api_key: secrets never live in newsletter.toml; remove it and put it in the environment or in .env instead" in message
+    assert "the environment in the environment" not in message and "abc" not in message

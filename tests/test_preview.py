@@ -255,7 +255,7 @@ def test_checks_are_listed_with_file_and_line(sample_letter: Path, client: Clien
     assert any(f["where"].startswith(QUOTA_POST + " line ") and "no alt text" in f["message"]
                for f in findings)
     body = page(Client(app), f"/issue/{QUOTA}/")
-    assert "2 error(s), 0 warning(s)" in body
+    assert "2 errors, 0 warnings" in body
     assert "does not exist; put the file beside the post" in body
 
 

@@ -336,7 +336,7 @@ class PublicApp:
             return http.json_response({"ok": False, "error": str(exc)}, 400)
         recorded = record_events(self.store, provider, found, self.config.web.soft_bounce_limit)
         if recorded.new:
-            log.info("webhook %s: %d new event(s), %d suppressed, %d unsubscribed", provider,
+            log.info("webhook %s: new events %d, suppressed %d, unsubscribed %d", provider,
                      recorded.new, recorded.suppressed, recorded.unsubscribed)
         return http.json_response({"ok": True, "received": recorded.received, "new": recorded.new})
 
