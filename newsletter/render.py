@@ -550,7 +550,7 @@ def inline_css(document: str) -> str:
     from premailer import Premailer
 
     cssutils.ser.prefs.useMinified()  # the <style> kept in <head> counts against 16 KB
-    inlined = Premailer(
+    inlined = _mail_premailer(Premailer)(
         document,
         strip_important=False,
         keep_style_tags=False,
@@ -563,6 +563,51 @@ def inline_css(document: str) -> str:
     if not inlined.lstrip().lower().startswith("<!doctype"):
         inlined = "<!DOCTYPE html>\n" + inlined
     return mail_safe(inlined)
+
+
+# premailer copies some CSS into the old presentational attributes (background-color to
+# bgcolor, width, height, text-align to align, vertical-align to valign) on every element it
+# styles. Outlook and other old clients read them on the elements HTML once gave them: those
+# are kept, and the rest (`width` on <body>, `bgcolor` on <pre> and <code>, `height="auto"` on
+# <img>) are dropped, as no client reads them and they are not HTML.
+_PRESENTATIONAL = {
+    "bgcolor": {"body", "table", "tr", "td", "th"},
+    "width": {"table", "td", "th", "img"},
+    "height": {"table", "tr", "td", "th", "img"},
+    "align": {"table", "tr", "td", "th", "thead", "tbody", "tfoot", "img", "p", "div", "hr",
+              "h1", "h2", "h3", "h4", "h5", "h6"},
+    "valign": {"tr", "td", "th", "thead", "tbody", "tfoot"},
+}
+_PIXELS = re.compile(r"\d+")  # an image's width or height: whole pixels only
+_LENGTH = re.compile(r"\d+%?")  # a table's or a cell's: pixels or a percentage
+
+
+def _presentational_ok(tag: str, name: str, value: str) -> bool:
+    if tag not in _PRESENTATIONAL[name]:
+        return False
+    if name in ("width", "height"):
+        return bool((_PIXELS if tag == "img" else _LENGTH).fullmatch(value.strip()))
+    return True
+
+
+@cache
+def _mail_premailer(base: type) -> type:
+    """premailer's class, writing only the presentational attributes HTML has (above)."""
+
+    class MailPremailer(base):
+        def _style_to_basic_html_attributes(self, element, style_content, force=False):
+            before = {name: element.get(name) for name in _PRESENTATIONAL}
+            super()._style_to_basic_html_attributes(element, style_content, force=force)
+            for name, old in before.items():
+                value = element.get(name)
+                if value is None or value == old or _presentational_ok(element.tag, name, value):
+                    continue
+                if old is None:
+                    del element.attrib[name]
+                else:
+                    element.set(name, old)
+
+    return MailPremailer
 
 
 WRAP_AT = 500  # characters; mail lines may not pass 998

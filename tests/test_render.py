@@ -98,6 +98,20 @@ def test_email_html_structure(letter_issue):
     assert 'href="[[nl:unsubscribe_url]]"' in html and 'href="[[nl:web_url]]"' in html
 
 
+def test_premailer_adds_presentational_attributes_only_where_html_has_them(letter_issue):
+    """premailer copies CSS into bgcolor, width, height and align on any element: those on
+    tables, cells and <body> stay for Outlook; the ones HTML lacks do not."""
+    _, r = letter_issue
+    html = r.html
+    assert 'height="auto"' not in html
+    assert not re.search(r"<(?:code|pre)\b[^>]*\sbgcolor=", html)
+    assert not re.search(r"<body\b[^>]*\swidth=", html)
+    assert re.search(r'<body\b[^>]*\sbgcolor="#f3f1ec"', html)
+    assert re.search(r'<table role="presentation" class="container"[^>]*\sbgcolor="#ffffff"', html)
+    assert re.search(r'<td\b[^>]*\svalign="top"', html) and re.search(r'<th\b[^>]*\salign="left"', html)
+    assert re.search(r"<code\b[^>]*background-color:#f1efe9", html)  # the CSS stays
+
+
 def test_css_is_inlined_and_media_queries_kept_in_one_head_block(letter_issue):
     _, r = letter_issue
     head, body = r.html.split("</head>", 1)
