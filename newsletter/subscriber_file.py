@@ -1,4 +1,5 @@
-"""Reading a subscriber file (a CSV export from another newsletter tool) into checked records.
+"""Reading a subscriber file (a CSV export from another newsletter tool, or this tool's own
+CSV or JSON export) into checked records.
 
 This is the pure half of an import: it knows file formats and column names, not the
 database. It takes what the common exports produce — Mailchimp ("Email Address",
@@ -7,9 +8,14 @@ CLEAN_TIME columns), Substack, Buttondown, listmonk, Ghost and this tool's own e
 with ``,``, ``;`` or tab between fields, UTF-8 with or without a BOM, CRLF line ends and
 quoted fields that span lines.
 
+This tool's JSON export (``subscribers export --format json``) reads back through
+:class:`JsonSubscriberFile`: one object per membership, with its list; :func:`open_subscriber_file`
+picks the reader.
+
 Each row becomes a :class:`Record` (a valid address with its name, extra columns as
 attributes, and the status the file gives, if any) or a :class:`Rejection` (row number
-and reason). Rows are numbered as a spreadsheet shows them: the header is row 1. Line
+and reason). When a row gives several statuses (a status column, a date of leaving or of
+bouncing), the strictest counts. Rows are numbered as a spreadsheet shows them: the header is row 1. Line
 breaks and other control characters in names and text columns fold to a space here, where
 the data enters; the ``'`` that guards a formula-like cell in an export (see
 :mod:`newsletter.csvsafe`) comes off.
@@ -98,9 +104,14 @@ class Record:
     name: str
     attributes: dict[str, Any]
     status: str | None  # active|pending|unsubscribed|bounced|complained|manual, None = unsaid
+    list: str | None = None  # the list the row names (JSON files); None: the import's list
 
     def merge(self, later: Record) -> None:
-        """Fold a later row for the same address into this one."""
+        """Fold a later row for the same address into this one. The later row wins for
+        every field it fills in (the address as spelled, the name, each attribute); an
+        empty one keeps the earlier value. The status is the exception: the stricter of the
+        two wins, so a duplicate row can never bring back someone who left."""
+        self.email = later.email
         if later.name:
             self.name = later.name
         self.attributes.update(later.attributes)
@@ -114,9 +125,11 @@ class _RowProblem(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Rejection:
-    row: int
+    row: int  # the CSV row, or the line a JSON item starts on
     reason: str
-    values: list[str]
+    values: list[str]  # the CSV row's cells
+    item: Any = None  # the JSON item as read
+    unit: str = "row"  # how to name ``row`` to the user: row (CSV) or line (JSON)
 
 
 @dataclass(slots=True)
@@ -157,9 +170,16 @@ class _CountingReader(io.RawIOBase):
         super().close()
 
 
+def _stricter(a: str | None, b: str | None) -> str | None:
+    return a if STATUS_RANK[a] >= STATUS_RANK[b] else b
+
+
 class SubscriberFile:
     """An opened subscriber CSV. Opening it checks the format and finds the columns, so a
     file that cannot be imported fails before anything touches the database."""
+
+    kind = "csv"
+    lists_in_file = False  # every row goes into the list the import names
 
     def __init__(
         self,
@@ -326,22 +346,27 @@ class SubscriberFile:
         return Record(row, address.email, address.key, address.hash, name, attributes, status)
 
     def _status(self, cell: Any) -> str | None:
+        """The row's status: the strictest of what its columns say (a date of leaving or
+        bouncing, a status, a subscribed flag), so a reader marked complained who also has
+        an unsubscribe date stays suppressed."""
         layout = self.layout
-        if cell(layout.bounced_at):
-            return "bounced"
+        dated: str | None = None
         if cell(layout.unsubscribed_at):
-            return "unsubscribed"
-        status: str | None = None
+            dated = "unsubscribed"
+        if cell(layout.bounced_at):
+            dated = "bounced"
+        status: str | None = dated
         if layout.status is not None and (given := cell(layout.status)):
-            status = STATUS_VALUES.get(_norm(given))
-            if status is None:
+            named = STATUS_VALUES.get(_norm(given))
+            if named is None and dated is None:
                 raise _RowProblem(
                     f"unknown status {given!r}; use active, pending, unsubscribed, bounced "
                     "or complained"
                 )
+            status = _stricter(status, named)
         if layout.subscribed_flag is not None and (flag := cell(layout.subscribed_flag)):
             if flag.lower() in FALSE_VALUES:
-                status = max(status, "unsubscribed", key=lambda s: STATUS_RANK[s])
+                status = _stricter(status, "unsubscribed")
             elif flag.lower() not in TRUE_VALUES:
                 raise _RowProblem(f"subscribed should be true or false, not {flag!r}")
         return status
@@ -480,3 +505,338 @@ def _json_object(text: str) -> dict[str, Any]:
     except ValueError:
         return {"attributes": text}
     return value if isinstance(value, dict) else {"attributes": value}
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON: this tool's own export (`subscribers export --format json`), read back
+
+
+# Keys of this tool's JSON export that are bookkeeping, not attributes (the list is used
+# when the import does not name one; the dates of leaving and bouncing count as statuses).
+JSON_IGNORED_KEYS = {"list", "source", "createdat", "confirmedat", "rejectedline",
+                     "rejectedreason"}
+JSON_READ_CHARS = 64 * 1024
+
+
+class JsonSubscriberFile:
+    """An opened JSON subscriber file: an array of objects, one per membership, such as
+    ``subscribers export --format json`` writes (``email``, ``name``, ``status``, ``list``,
+    ``attributes`` and dates). Read item by item, so memory stays flat however long the
+    file. A file that is not such an array fails on opening; a syntax error further down
+    fails the import at its line (the import is all or nothing); an item that cannot go in
+    is rejected with the line it starts on."""
+
+    kind = "json"
+    lists_in_file = True  # each item names its list
+    header: list[str] | None = None
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        email_column: str | None = None,
+        check_deliverability: bool = False,
+    ) -> None:
+        self.path = Path(path)
+        self.email_column = email_column
+        self.check_deliverability = check_deliverability
+        self._resolver: Any = None
+        _check_json_file(self.path)
+        self._counter = _CountingReader(self.path.open("rb"))
+        self._text = io.TextIOWrapper(io.BufferedReader(self._counter), encoding="utf-8-sig")
+        self._decoder = json.JSONDecoder()
+        self._buf = ""
+        self._pos = 0
+        self._line = 1
+        self._eof = False
+        try:
+            self._skip_space()
+            if self._peek() != "[":
+                raise ImportFileError(
+                    f"{self.where} line {self._line}: a JSON subscriber file is a list of "
+                    'members, [{"email": ...}, ...], as `newsletter subscribers export '
+                    "--format json` writes it"
+                )
+            self._advance(self._pos + 1)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def where(self) -> str:
+        return str(self.path)
+
+    @property
+    def bytes_read(self) -> int:
+        return self._counter.count
+
+    # -- the text, a little at a time ------------------------------------------------------
+
+    def _fill(self) -> bool:
+        """Read more text; False at the end of the file."""
+        if self._eof:
+            return False
+        if self._pos > JSON_READ_CHARS:
+            self._buf, self._pos = self._buf[self._pos:], 0
+        try:
+            more = self._text.read(max(JSON_READ_CHARS, len(self._buf) - self._pos))
+        except UnicodeDecodeError:
+            raise ImportFileError(
+                f"{self.where} after line {self._line}: is not UTF-8 text; export the list again"
+            ) from None
+        if not more:
+            self._eof = True
+            return False
+        self._buf += more
+        return True
+
+    def _advance(self, to: int) -> None:
+        self._line += self._buf.count("\n", self._pos, to)
+        self._pos = to
+
+    def _skip_space(self) -> None:
+        while True:
+            at = self._pos
+            while at < len(self._buf) and self._buf[at] in " \t\r\n":
+                at += 1
+            self._advance(at)
+            if at < len(self._buf) or not self._fill():
+                return
+
+    def _peek(self) -> str:
+        return self._buf[self._pos] if self._pos < len(self._buf) else ""
+
+    def _value(self) -> Any:
+        while True:
+            try:
+                value, end = self._decoder.raw_decode(self._buf, self._pos)
+            except json.JSONDecodeError as exc:
+                if self._fill():
+                    continue
+                line = self._line + self._buf.count("\n", self._pos, exc.pos)
+                raise ImportFileError(
+                    f"{self.where} line {line}: not valid JSON ({exc.msg}); nothing was "
+                    "imported; fix the file or export it again"
+                ) from None
+            if end == len(self._buf) and self._fill():
+                continue  # a number or word may go on in the next piece
+            self._advance(end)
+            return value
+
+    def _expected(self, what: str) -> ImportFileError:
+        found = self._peek()
+        got = f"found {found!r}" if found else "the file ends"
+        return ImportFileError(
+            f"{self.where} line {self._line}: expected {what}, {got}; nothing was imported; "
+            "fix the file or export it again"
+        )
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[Record | Rejection]:
+        first = True
+        while True:
+            self._skip_space()
+            if self._peek() == "]":
+                self._advance(self._pos + 1)
+                self._skip_space()
+                if self._peek():
+                    raise self._expected("nothing after the closing ]")
+                return
+            if not first:
+                if self._peek() != ",":
+                    raise self._expected("',' or ']' after an item")
+                self._advance(self._pos + 1)
+                self._skip_space()
+            if not self._peek():
+                raise self._expected("an item or the closing ]")
+            first = False
+            line = self._line
+            yield self._record(line, self._value())
+
+    def _record(self, line: int, item: Any) -> Record | Rejection:
+        def reject(reason: str) -> Rejection:
+            return Rejection(line, reason, [], item=item, unit="line")
+
+        if not isinstance(item, dict):
+            return reject('not a member; each item is an object such as {"email": "ann@example.com"}')
+        by_role: dict[str, str] = {}
+        rest: list[str] = []
+        wanted_email = _norm(self.email_column) if self.email_column else None
+        for key in item:
+            normed = _norm(str(key))
+            role = _json_role(normed, wanted_email)
+            if role is None:
+                if normed not in JSON_IGNORED_KEYS:
+                    rest.append(key)
+            elif role not in by_role:
+                by_role[role] = key
+
+        def text(role: str) -> str | None:
+            value = item.get(by_role[role]) if role in by_role else None
+            if value is None:
+                return None
+            if not isinstance(value, str):
+                raise _RowProblem(f"{by_role[role]} should be text, not {json.dumps(value)[:40]}")
+            return value
+
+        try:
+            raw_email = text("email") or ""
+            if not raw_email.strip():
+                return reject("no email address")
+            try:
+                address = parse_address(raw_email, check_deliverability=self.check_deliverability,
+                                        dns_resolver=self._dns_resolver())
+                name = text("name") or " ".join(
+                    p for p in ((text("first_name") or "").strip(), (text("last_name") or "").strip()) if p
+                )
+                name = clean_name(name)
+            except InvalidAddress as exc:
+                return reject(str(exc))
+            status = self._status(item, by_role, text)
+            list_name = self._list(text)
+            attributes = self._attributes(item, by_role, rest)
+        except _RowProblem as exc:
+            return reject(str(exc))
+        return Record(line, address.email, address.key, address.hash, name, attributes, status,
+                      list_name)
+
+    def _status(self, item: dict[str, Any], by_role: dict[str, str], text: Any) -> str | None:
+        status: str | None = None
+        if item.get(by_role.get("unsubscribed_at", "")):
+            status = "unsubscribed"
+        if item.get(by_role.get("bounced_at", "")):
+            status = "bounced"
+        given = text("status")
+        if given and given.strip():
+            named = STATUS_VALUES.get(_norm(given))
+            if named is None:
+                raise _RowProblem(
+                    f"unknown status {given!r}; use active, pending, unsubscribed, bounced "
+                    "or complained"
+                )
+            status = _stricter(status, named)
+        if "subscribed_flag" in by_role:
+            flag = item[by_role["subscribed_flag"]]
+            if flag is False or (isinstance(flag, str) and flag.strip().lower() in FALSE_VALUES):
+                status = _stricter(status, "unsubscribed")
+            elif not (flag is True or flag is None
+                      or (isinstance(flag, str) and flag.strip().lower() in TRUE_VALUES | {""})):
+                raise _RowProblem(f"{by_role['subscribed_flag']} should be true or false, not {flag!r}")
+        return status
+
+    @staticmethod
+    def _list(text: Any) -> str | None:
+        from .errors import ListError
+        from .subscribers import check_list_name
+
+        value = (text("list") or "").strip()
+        if not value:
+            return None
+        try:
+            return check_list_name(value)
+        except ListError as exc:
+            raise _RowProblem(str(exc)) from None
+
+    @staticmethod
+    def _attributes(item: dict[str, Any], by_role: dict[str, str], rest: list[str]) -> dict[str, Any]:
+        attributes: dict[str, Any] = {}
+        if "attributes" in by_role:
+            given = item[by_role["attributes"]]
+            if isinstance(given, str):
+                given = _json_object(given.strip())
+            if given is not None and not isinstance(given, dict):
+                raise _RowProblem(
+                    f"{by_role['attributes']} should be an object, not {json.dumps(given)[:40]}"
+                )
+            attributes.update(given or {})
+        for role in ("first_name", "last_name"):
+            if role in by_role and isinstance(value := item[by_role[role]], str) and value.strip():
+                attributes[role] = single_line(value)
+        for key in rest:
+            value = item[key]
+            if isinstance(value, str):
+                value = single_line(value)
+            if value not in (None, ""):
+                attributes[str(key)] = value
+        return attributes
+
+    def _dns_resolver(self) -> Any:
+        if self.check_deliverability and self._resolver is None:
+            from email_validator import caching_resolver
+
+            self._resolver = caching_resolver(timeout=10)
+        return self._resolver
+
+    def close(self) -> None:
+        self._text.close()
+
+    def __enter__(self) -> JsonSubscriberFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_JSON_ROLES = (
+    ("name", NAME_COLUMNS),
+    ("first_name", FIRST_NAME_COLUMNS),
+    ("last_name", LAST_NAME_COLUMNS),
+    ("status", STATUS_COLUMNS),
+    ("subscribed_flag", SUBSCRIBED_FLAG_COLUMNS),
+    ("unsubscribed_at", UNSUBSCRIBED_AT_COLUMNS),
+    ("bounced_at", BOUNCED_AT_COLUMNS),
+    ("attributes", ATTRIBUTES_JSON_COLUMNS),
+    ("list", {"list"}),
+)
+
+
+def _json_role(normed: str, wanted_email: str | None) -> str | None:
+    """What a key of a JSON item holds (keys compared as column names are)."""
+    if normed == wanted_email or (wanted_email is None and normed in EMAIL_COLUMNS):
+        return "email"
+    for role, names in _JSON_ROLES:
+        if normed in names:
+            return role
+    return None
+
+
+def _check_json_file(path: Path) -> None:
+    if not path.exists():
+        raise ImportFileError(f"{path}: file not found; check the path")
+    if path.is_dir():
+        raise ImportFileError(f"{path}: is a folder, not a JSON file")
+    try:
+        with path.open("rb") as f:
+            head = f.read(SAMPLE_BYTES)
+    except OSError as exc:
+        raise ImportFileError(f"{path}: cannot be read: {exc.strerror}") from None
+    if not head.strip():
+        raise ImportFileError(f"{path}: the file is empty; export the list again")
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or b"\x00" in head:
+        raise ImportFileError(f"{path}: is not UTF-8 text; export the list again")
+
+
+def _looks_like_json(path: Path) -> bool:
+    """A .json file, or one whose text starts as a JSON array of objects."""
+    if path.suffix.lower() == ".json":
+        return True
+    try:
+        with path.open("rb") as f:
+            head = f.read(256)
+    except OSError:
+        return False
+    return re.match(rb"(?:\xef\xbb\xbf)?\s*\[\s*[{\]]", head) is not None
+
+
+def open_subscriber_file(
+    path: Path | str,
+    *,
+    email_column: str | None = None,
+    check_deliverability: bool = False,
+) -> SubscriberFile | JsonSubscriberFile:
+    """Open a subscriber file for import: JSON (this tool's JSON export) when it is named
+    .json or starts as a JSON array, else CSV."""
+    path = Path(path)
+    opener = JsonSubscriberFile if _looks_like_json(path) else SubscriberFile
+    return opener(path, email_column=email_column, check_deliverability=check_deliverability)

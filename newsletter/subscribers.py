@@ -38,6 +38,7 @@ from sqlalchemy import (
     Column,
     ColumnElement,
     Connection,
+    Integer,
     MetaData,
     Select,
     String,
@@ -60,7 +61,13 @@ from .errors import ImportFileError, InvalidAddress, ListError, ListNotFound, Su
 from .store import BulkInsert, Store
 from .store.schema import MEMBERSHIP_STATUSES, SUPPRESSION_REASONS, lists, memberships, suppressions
 from .store.schema import subscribers as subscribers_t
-from .subscriber_file import Record, Rejection, SubscriberFile
+from .subscriber_file import (
+    JsonSubscriberFile,
+    Record,
+    Rejection,
+    SubscriberFile,
+    open_subscriber_file,
+)
 
 LIST_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 # What `subscribers list --status` accepts: a membership status, or a suppression reason
@@ -138,6 +145,13 @@ def _resolve_list_readonly(conn: Connection, store: Store, name: str | None) -> 
     if found is None and name != store.default_list:
         raise _not_found(conn, name)
     return found
+
+
+def find_list(store: Store, name: str | None = None) -> ListInfo | None:
+    """The named list (the default list when no name is given); None for a default list
+    not made yet, ListNotFound for any other unknown name."""
+    with store.read() as conn:
+        return _resolve_list_readonly(conn, store, name)
 
 
 def _insert_list(conn: Connection, name: str, title: str) -> ListInfo:
@@ -772,7 +786,7 @@ def stats(
 @dataclass(slots=True)
 class ImportSummary:
     path: Path
-    list: str
+    list: str  # the list the import names (or the default list)
     dry_run: bool
     rows: int = 0
     added: int = 0
@@ -780,9 +794,11 @@ class ImportSummary:
     unchanged: int = 0
     kept_out: int = 0
     rejected: int = 0
-    duplicates: int = 0  # rows merged into an earlier row for the same address
+    duplicates: int = 0  # rows merged into an earlier row for the same address (and list)
     rejections: list[Rejection] = field(default_factory=list)  # the first few, for display
     rejected_path: Path | None = None  # where every rejected row was written
+    lists: list[str] = field(default_factory=list)  # the lists rows went into, in order
+    created_lists: list[str] = field(default_factory=list)  # named by a JSON file, made now
 
     def count(self, outcome: str) -> None:
         setattr(self, outcome, getattr(self, outcome) + 1)
@@ -790,16 +806,17 @@ class ImportSummary:
 
 def rejected_path_for(path: Path, rejects: Path | str | None = None) -> Path:
     """Where the rejected rows of importing ``path`` go: ``rejects`` when given, else
-    readers.csv -> readers.rejected.csv in the current folder (not beside the input, whose
-    folder may be read-only or someone else's)."""
+    readers.csv -> readers.rejected.csv (backup.json -> backup.rejected.json) in the current
+    folder (not beside the input, whose folder may be read-only or someone else's)."""
     if rejects is not None:
         return Path(rejects)
-    return Path.cwd() / f"{path.stem}.rejected.csv"
+    suffix = ".json" if path.suffix.lower() == ".json" else ".csv"
+    return Path.cwd() / f"{path.stem}.rejected{suffix}"
 
 
-def import_csv(
+def import_file(
     store: Store,
-    source: SubscriberFile | Path | str,
+    source: SubscriberFile | JsonSubscriberFile | Path | str,
     *,
     list_name: str | None = None,
     email_column: str | None = None,
@@ -809,18 +826,25 @@ def import_csv(
     chunk_size: int = IMPORT_CHUNK,
     rejects: Path | str | None = None,
 ) -> ImportSummary:
-    """Import a subscriber CSV into a list in one transaction: all valid rows go in, or
-    (on any error, or a kill) nothing does. ``dry_run`` does the same work and rolls back,
-    so its summary is exactly what a real run would report. Rejected rows are written to
-    ``rejects``, by default ``<name>.rejected.csv`` in the current folder (not on a dry
-    run). ``progress`` is called with the bytes read so far. ``source`` may be a path or an
-    already opened SubscriberFile (then ``email_column`` and ``check_deliverability`` were
-    given when opening it)."""
-    if not isinstance(source, SubscriberFile):
-        with SubscriberFile(
+    """Import a subscriber file (a CSV, or this tool's JSON export) in one transaction: all
+    valid rows go in, or (on any error, or a kill) nothing does. ``dry_run`` does the same
+    work and rolls back, so its summary is exactly what a real run would report.
+
+    A CSV goes into one list (``list_name``, or the default list). Each item of a JSON file
+    joins the list it names (made when missing; items naming none join the default list),
+    unless ``list_name`` puts them all into that one. Rows for the same address (on the same
+    list) are merged: the later row wins for every field it fills in, except the status,
+    where the stricter wins (see :meth:`Record.merge`).
+
+    Rejected rows are written to ``rejects``, by default ``<name>.rejected.csv`` (or
+    ``.json``) in the current folder (not on a dry run). ``progress`` is called with the
+    bytes read so far. ``source`` may be a path or an already opened file (then
+    ``email_column`` and ``check_deliverability`` were given when opening it)."""
+    if not isinstance(source, SubscriberFile | JsonSubscriberFile):
+        with open_subscriber_file(
             source, email_column=email_column, check_deliverability=check_deliverability
         ) as opened:
-            return import_csv(
+            return import_file(
                 store, opened, list_name=list_name, dry_run=dry_run, progress=progress,
                 chunk_size=chunk_size, rejects=rejects,
             )
@@ -831,14 +855,20 @@ def import_csv(
             f"{rejected_path}: is the file being imported; name another file for the "
             "rejected rows"
         )
-    rejects_out = _RejectedWriter(rejected_path, source.header, enabled=not dry_run)
+    per_row = source.lists_in_file and list_name is None
+    rejects_out = _RejectedWriter(
+        rejected_path, source.header, enabled=not dry_run, kind=source.kind
+    )
     try:
         with store.write(rollback=dry_run) as conn:
-            lst = _resolve_list(conn, store, list_name)
-            summary = ImportSummary(path=path, list=lst.name, dry_run=dry_run)
-            run = _ImportRun(conn, lst.id, f"import:{path.name}"[:200], summary)
+            summary = ImportSummary(path=path, list=list_name or store.default_list,
+                                    dry_run=dry_run)
+            targets = _ImportLists(conn, store, summary)
+            if not per_row:
+                targets.get(list_name)  # an unknown list fails before any row is read
+            run = _ImportRun(conn, f"import:{path.name}"[:200], summary)
             for chunk in _chunks(source, chunk_size):
-                records: dict[str, Record] = {}
+                groups: dict[str | None, dict[str, Record]] = {}
                 for item in chunk:
                     summary.rows += 1
                     if isinstance(item, Rejection):
@@ -846,20 +876,55 @@ def import_csv(
                         if len(summary.rejections) < SUMMARY_REJECTIONS:
                             summary.rejections.append(item)
                         rejects_out.write(item)
-                    elif item.key in records:
+                        continue
+                    records = groups.setdefault(item.list if per_row else list_name, {})
+                    if item.key in records:
                         records[item.key].merge(item)
                         summary.duplicates += 1
                     else:
                         records[item.key] = item
-                run.apply(list(records.values()))
+                for target, records in groups.items():
+                    run.apply(targets.get(target).id, list(records.values()))
                 if progress:
                     progress(source.bytes_read)
+            if not summary.lists:
+                summary.lists.append(summary.list)
             run.finish()
     except BaseException:
         rejects_out.discard()
         raise
     summary.rejected_path = rejects_out.finish()
     return summary
+
+
+import_csv = import_file  # the name it had when it read CSV only
+
+
+class _ImportLists:
+    """The lists an import puts rows into, looked up once each. The default list is made on
+    first use, as everywhere; a list a JSON file names is made too (and reported)."""
+
+    def __init__(self, conn: Connection, store: Store, summary: ImportSummary) -> None:
+        self.conn = conn
+        self.store = store
+        self.summary = summary
+        self.known: dict[str | None, ListInfo] = {}
+
+    def get(self, name: str | None) -> ListInfo:
+        found = self.known.get(name)
+        if found is not None:
+            return found
+        if name is None or name == self.store.default_list or name == self.summary.list:
+            found = _resolve_list(self.conn, self.store, name or self.summary.list)
+        else:
+            found = _find_list(self.conn, name)
+            if found is None:
+                found = _insert_list(self.conn, name, "")
+                self.summary.created_lists.append(name)
+        self.known[name] = found
+        if found.name not in self.summary.lists:
+            self.summary.lists.append(found.name)
+        return found
 
 
 def _chunks(items: Iterable[Record | Rejection], size: int) -> Iterator[list[Record | Rejection]]:
@@ -874,34 +939,55 @@ def _chunks(items: Iterable[Record | Rejection], size: int) -> Iterator[list[Rec
 
 
 class _RejectedWriter:
-    """Writes rejected rows (with row number and reason) to a CSV the user can fix and
-    import again; removes a stale one from an earlier run when nothing was rejected."""
+    """Writes rejected rows (with row number and reason) to a file the user can fix and
+    import again (a CSV for a CSV, a JSON array for JSON); removes a stale one from an
+    earlier run when nothing was rejected."""
 
-    def __init__(self, path: Path, header: list[str] | None, *, enabled: bool) -> None:
+    def __init__(self, path: Path, header: list[str] | None, *, enabled: bool,
+                 kind: str = "csv") -> None:
         self.path = path
         self.header = header
         self.enabled = enabled
+        self.kind = kind
         self._file: Any = None
         self._writer: Any = None
+        self._items = 0
+
+    def _open(self) -> None:
+        try:
+            self._file = self.path.open("w", encoding="utf-8", newline="")
+        except OSError as exc:
+            raise ImportFileError(
+                f"{self.path}: cannot write the rejected rows there ({exc.strerror}); "
+                "nothing was imported; name a file in a folder you can write to with "
+                "--rejects FILE"
+            ) from None
 
     def write(self, rejection: Rejection) -> None:
         if not self.enabled:
             return
+        if self.kind == "json":
+            self._write_json(rejection)
+            return
         if self._file is None:
             from .csvsafe import SafeWriter
 
-            try:
-                self._file = self.path.open("w", encoding="utf-8", newline="")
-            except OSError as exc:
-                raise ImportFileError(
-                    f"{self.path}: cannot write the rejected rows there ({exc.strerror}); "
-                    "nothing was imported; name a file in a folder you can write to with "
-                    "--rejects FILE"
-                ) from None
+            self._open()
             self._writer = SafeWriter(self._file)
             if self.header is not None:
                 self._writer.writerow(["rejected_row", "rejected_reason", *self.header])
         self._writer.writerow([rejection.row, rejection.reason, *rejection.values])
+
+    def _write_json(self, rejection: Rejection) -> None:
+        import json
+
+        if self._file is None:
+            self._open()
+            self._file.write("[")
+        given = rejection.item if isinstance(rejection.item, dict) else {"item": rejection.item}
+        item = {"rejected_line": rejection.row, "rejected_reason": rejection.reason, **given}
+        self._file.write(("\n  " if not self._items else ",\n  ") + json.dumps(item, ensure_ascii=False))
+        self._items += 1
 
     def finish(self) -> Path | None:
         if not self.enabled:
@@ -909,6 +995,8 @@ class _RejectedWriter:
         if self._file is None:
             self.path.unlink(missing_ok=True)
             return None
+        if self.kind == "json":
+            self._file.write("\n]\n")
         self._file.close()
         return self.path
 
@@ -920,14 +1008,17 @@ class _RejectedWriter:
 
 class _ImportRun:
     """Applies an import chunk by chunk inside one transaction, with a handful of
-    set-based statements per chunk (never one per row). Addresses already handled by this
-    import are remembered in a temporary table, not in memory, so a duplicate far down the
-    file is merged and counted as a duplicate, and memory stays flat however large the
-    file."""
+    set-based statements per chunk and list (never one per row). Addresses already handled
+    by this import are remembered per list in a temporary table, not in memory, so a
+    duplicate far down the file is merged and counted as a duplicate, and memory stays flat
+    however large the file.
 
-    def __init__(self, conn: Connection, list_id: int, source: str, summary: ImportSummary):
+    A duplicate far down the file is applied as the rules for one merged row say (the later
+    row's fields, the stricter status) for the readers this import added; the statuses of
+    members already on file follow the same rules as any other row."""
+
+    def __init__(self, conn: Connection, source: str, summary: ImportSummary):
         self.conn = conn
-        self.list_id = list_id
         self.source = source
         self.summary = summary
         self.now = utcnow()
@@ -944,11 +1035,12 @@ class _ImportRun:
             ["email", "email_key", "email_hash", "name", "attributes"],
             constants={"source": self.source, "created_at": self.now, "updated_at": self.now},
         )
-        self.insert_seen = BulkInsert(self.conn, self.seen, ["email_key"])
+        self.insert_seen = BulkInsert(self.conn, self.seen, ["list_id", "email_key"])
         self.update_subscribers = (
             update(subscribers_t)
             .where(subscribers_t.c.id == bindparam("sid"))
             .values(
+                email=bindparam("new_email"),
                 name=bindparam("new_name"),
                 attributes=bindparam("new_attributes", type_=subscribers_t.c.attributes.type),
                 updated_at=now,
@@ -963,54 +1055,89 @@ class _ImportRun:
 
         # The lookups, built once; each chunk passes its keys as one expanding parameter.
         keys = bindparam("keys", expanding=True)
-        self.select_seen = select(self.seen.c.email_key).where(self.seen.c.email_key.in_(keys))
+        list_id = bindparam("list_id")
+        self.select_seen = select(self.seen.c.email_key).where(
+            self.seen.c.list_id == list_id, self.seen.c.email_key.in_(keys)
+        )
         self.select_existing = select(
             subscribers_t.c.id,
+            subscribers_t.c.email,
             subscribers_t.c.email_key,
             subscribers_t.c.name,
             subscribers_t.c.attributes,
+            subscribers_t.c.source,
+            subscribers_t.c.created_at,
         ).where(subscribers_t.c.email_key.in_(keys))
-        self.select_members = select(memberships.c.subscriber_id, memberships.c.status).where(
-            memberships.c.list_id == self.list_id,
+        self.select_members = select(
+            memberships.c.subscriber_id,
+            memberships.c.status,
+            memberships.c.created_at,
+            memberships.c.confirmed_at,
+        ).where(
+            memberships.c.list_id == list_id,
             memberships.c.subscriber_id.in_(bindparam("ids", expanding=True)),
         )
-        self.select_suppressed = select(suppressions.c.email_hash).where(
-            suppressions.c.email_hash.in_(bindparam("hashes", expanding=True))
-        )
+        self.select_suppressed = select(
+            suppressions.c.email_hash, suppressions.c.detail, suppressions.c.created_at
+        ).where(suppressions.c.email_hash.in_(bindparam("hashes", expanding=True)))
 
     def finish(self) -> None:
         if self.conn.dialect.name == "sqlite":
             self.seen.drop(self.conn)
         # PostgreSQL drops it at commit or rollback (ON COMMIT DROP).
 
-    def apply(self, records: list[Record]) -> None:
+    def _ours(self, row: Any) -> bool:
+        """True for a subscriber or suppression row this import made."""
+        return row.created_at == self.now and (
+            getattr(row, "source", None) == self.source
+            or getattr(row, "detail", None) == f"from {self.source}"
+        )
+
+    def apply(self, list_id: int, records: list[Record]) -> None:
         if not records:
             return
         conn = self.conn
         keys = [r.key for r in records]
-        seen = set(conn.scalars(self.select_seen, {"keys": keys}))
+        seen = set(conn.scalars(self.select_seen, {"list_id": list_id, "keys": keys}))
         fresh = [k for k in keys if k not in seen]
-        self.insert_seen(conn, ({"email_key": k} for k in fresh))
+        self.insert_seen(conn, ({"list_id": list_id, "email_key": k} for k in fresh))
         existing = {row.email_key: row for row in conn.execute(self.select_existing, {"keys": keys})}
         ids = [row.id for row in existing.values()]
-        member_status: dict[int, str] = (
-            dict(conn.execute(self.select_members, {"ids": ids}).all()) if ids else {}
+        members: dict[int, Any] = (
+            {row.subscriber_id: row for row in
+             conn.execute(self.select_members, {"list_id": list_id, "ids": ids})}
+            if ids else {}
         )
-        suppressed = set(
-            conn.scalars(self.select_suppressed, {"hashes": [r.hash for r in records]})
-        )
+        suppressed = {
+            row.email_hash: row
+            for row in conn.execute(self.select_suppressed, {"hashes": [r.hash for r in records]})
+        }
 
         new_subscribers: list[dict[str, Any]] = []
         join: dict[str, list[str]] = {}  # membership status -> keys of people to add to the list
         subscriber_updates: list[dict[str, Any]] = []
         activate: list[int] = []
+        demote: list[int] = []
         leave: list[int] = []
         suppress_rows: list[dict[str, Any]] = []
 
         for rec in records:
             sub = existing.get(rec.key)
-            current = member_status.get(sub.id) if sub is not None else None
-            if rec.hash in suppressed:
+            member = members.get(sub.id) if sub is not None else None
+            current = member.status if member is not None else None
+            duplicate = rec.key in seen
+            # A later row for a reader this import added: its fields win, as they would
+            # had both rows come in one chunk.
+            merged = duplicate and sub is not None and self._ours(sub)
+            if merged:
+                self._merge(sub, rec, subscriber_updates, respell=True)
+            found = suppressed.get(rec.hash)
+            if found is not None:
+                if (self._ours(found) and sub is not None and current is None
+                        and rec.status in ("bounced", "complained", "manual")):
+                    # Suppressed by this import, from the same reader's row on another
+                    # list: their membership here is recorded as that one was.
+                    join.setdefault("active", []).append(rec.key)
                 outcome = "kept_out"
             elif rec.status in ("bounced", "complained", "manual"):
                 # Recorded as the old tool knew it: a member whose address is suppressed.
@@ -1038,16 +1165,22 @@ class _ImportRun:
                 join.setdefault(rec.status or "active", []).append(rec.key)
                 outcome = "added"
             else:
-                changed = self._merge(sub, rec, subscriber_updates)
+                changed = merged or self._merge(sub, rec, subscriber_updates)
                 if current is None:
                     join.setdefault(rec.status or "active", []).append(rec.key)
                     outcome = "added"
+                elif duplicate:
+                    # The stricter status stands: pending outranks active.
+                    if (rec.status == "pending" and current == "active"
+                            and self.now in (member.created_at, member.confirmed_at)):
+                        demote.append(sub.id)
+                    outcome = "unchanged"
                 elif current == "pending" and rec.status in (None, "active"):
                     activate.append(sub.id)
                     outcome = "updated"
                 else:
                     outcome = "updated" if changed else "unchanged"
-            if rec.key in seen:
+            if duplicate:
                 self.summary.duplicates += 1
             else:
                 self.summary.count(outcome)
@@ -1056,14 +1189,18 @@ class _ImportRun:
         if subscriber_updates:
             conn.execute(self.update_subscribers, subscriber_updates)
         for status, status_keys in join.items():
-            self._join(status, status_keys)
+            self._join(list_id, status, status_keys)
         if activate:
             conn.execute(
-                self._members(activate).values(status="active", confirmed_at=self.now)
+                self._members(list_id, activate).values(status="active", confirmed_at=self.now)
+            )
+        if demote:
+            conn.execute(
+                self._members(list_id, demote).values(status="pending", confirmed_at=None)
             )
         if leave:
             conn.execute(
-                self._members(leave).values(status="unsubscribed", unsubscribed_at=self.now)
+                self._members(list_id, leave).values(status="unsubscribed", unsubscribed_at=self.now)
             )
         if suppress_rows:
             conn.execute(self.insert_suppressions, suppress_rows)
@@ -1093,7 +1230,7 @@ class _ImportRun:
             "attributes": rec.attributes,
         }
 
-    def _join(self, status: str, keys: list[str]) -> None:
+    def _join(self, list_id: int, status: str, keys: list[str]) -> None:
         """Memberships for people already in subscribers, in one INSERT ... SELECT."""
         now = literal(self.now, memberships.c.created_at.type)
         none = null()
@@ -1102,7 +1239,7 @@ class _ImportRun:
                 ["list_id", "subscriber_id", "status", "source", "created_at", "confirmed_at",
                  "unsubscribed_at"],
                 select(
-                    literal(self.list_id),
+                    literal(list_id),
                     subscribers_t.c.id,
                     literal(status),
                     literal(self.source),
@@ -1113,43 +1250,47 @@ class _ImportRun:
             )
         )
 
-    def _members(self, ids: list[int]) -> Any:
+    @staticmethod
+    def _members(list_id: int, ids: list[int]) -> Any:
         return update(memberships).where(
-            memberships.c.list_id == self.list_id, memberships.c.subscriber_id.in_(ids)
+            memberships.c.list_id == list_id, memberships.c.subscriber_id.in_(ids)
         )
 
-    def _merge(self, sub: Any, rec: Record, updates: list[dict[str, Any]]) -> bool:
-        """Queue an update when the row brings a new name or attributes; True if so."""
+    def _merge(self, sub: Any, rec: Record, updates: list[dict[str, Any]], *,
+               respell: bool = False) -> bool:
+        """Queue an update when the row brings a new name or attributes (and, with
+        ``respell``, its spelling of the address); True if so."""
         old_attributes = sub.attributes or {}
         attributes = {**old_attributes, **rec.attributes}
         name = rec.name or sub.name
-        if name == sub.name and attributes == old_attributes:
+        email = rec.email if respell else sub.email
+        if name == sub.name and attributes == old_attributes and email == sub.email:
             return False
         updates.append(
-            {"sid": sub.id, "new_name": name, "new_attributes": attributes, "now": self.now}
+            {"sid": sub.id, "new_email": email, "new_name": name, "new_attributes": attributes,
+             "now": self.now}
         )
         return True
 
 
 def _seen_table(conn: Connection) -> Table:
-    """A temporary table of the addresses this import has handled."""
+    """A temporary table of the addresses this import has handled, per list."""
     md = MetaData()
+    columns = (
+        Column("list_id", Integer, primary_key=True),
+        Column("email_key", String(320), primary_key=True),
+    )
     if conn.dialect.name == "postgresql":
         table = Table(
             "newsletter_import_seen",
             md,
-            Column("email_key", String(320), primary_key=True),
+            *columns,
             prefixes=["TEMPORARY"],
             postgresql_on_commit="DROP",
         )
         conn.exec_driver_sql("DROP TABLE IF EXISTS pg_temp.newsletter_import_seen")
     else:
-        table = Table(
-            "newsletter_import_seen",
-            md,
-            Column("email_key", String(320), primary_key=True),
-            prefixes=["TEMPORARY"],
-        )
+        table = Table("newsletter_import_seen", md, *columns, prefixes=["TEMPORARY"])
         conn.exec_driver_sql("DROP TABLE IF EXISTS temp.newsletter_import_seen")
     table.create(conn)
     return table
@@ -1173,10 +1314,12 @@ __all__ = [
     "confirm",
     "create_list",
     "delete_list",
+    "find_list",
     "forget",
     "get_lists",
     "get_suppression",
     "import_csv",
+    "import_file",
     "is_mailable",
     "iter_audience",
     "iter_members",

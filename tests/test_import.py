@@ -380,15 +380,49 @@ def test_duplicates_in_the_file_are_merged(store, csvfile):
     assert _counts(summary) == (2, 0, 0, 0, 0)
     assert summary.duplicates == 1
     assert summary.rows == 4 - 1
-    assert _members(store)["ann@example.com"] == ("Ann Berg", "active", {"city": "Oslo"})
+    # The last row wins for what it fills in (its spelling, its name); the blank city keeps Oslo.
+    assert _members(store)["ANN@example.com"] == ("Ann Berg", "active", {"city": "Oslo"})
 
 
 def test_duplicates_far_apart_are_merged_too(store, csvfile):
     lines = ["email,name"] + [f"r{i}@example.com,R{i}" for i in range(10)] + ["R3@example.com,Three"]
     summary = subs.import_csv(store, csvfile("\n".join(lines) + "\n"), chunk_size=4)
     assert (summary.added, summary.duplicates, summary.rows) == (10, 1, 11)
-    assert _members(store)["r3@example.com"][0] == "Three"
+    assert _members(store)["R3@example.com"][0] == "Three"  # the last row, as in one chunk
     assert len(_members(store)) == 10
+
+
+@pytest.mark.parametrize("chunk_size", [500, 1], ids=["one chunk", "a chunk per row"])
+def test_the_last_row_for_an_address_wins_every_field_but_the_stricter_status(
+    store, csvfile, chunk_size
+):
+    """However far apart the rows are, the merge is the same: the later row's spelling,
+    name and attributes (what it fills in), and the stricter status."""
+    path = csvfile(
+        "email,name,city,plan,status\n"
+        "ann@example.com,Ann,Oslo,free,\n"
+        "bob@example.com,Bob,Bergen,,\n"
+        "cid@example.com,Cid,,,pending\n"
+        "dan@example.com,Dan,,,active\n"
+        "ANN@EXAMPLE.COM,Ann Berg,,pro,\n"
+        "Bob@Example.com,,Tromsø,,\n"
+        "cid@example.com,,,,active\n"
+        "dan@example.com,,,,pending\n"
+    )
+    summary = subs.import_csv(store, path, chunk_size=chunk_size)
+    assert (summary.added, summary.duplicates) == (4, 4)
+    assert _members(store) == {
+        "ANN@EXAMPLE.COM": ("Ann Berg", "active", {"city": "Oslo", "plan": "pro"}),
+        "Bob@Example.com": ("Bob", "active", {"city": "Tromsø"}),
+        "cid@example.com": ("Cid", "pending", {}),  # pending outranks active
+        "dan@example.com": ("Dan", "pending", {}),
+    }
+    with store.read() as conn:
+        confirmed = dict(conn.execute(
+            select(schema.subscribers.c.email, schema.memberships.c.confirmed_at)
+            .join(schema.memberships, schema.memberships.c.subscriber_id == schema.subscribers.c.id)
+        ).all())
+    assert confirmed["dan@example.com"] is None and confirmed["cid@example.com"] is None
 
 
 def test_a_second_import_updates_what_changed_and_leaves_the_rest(store, csvfile):

@@ -13,13 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from .common import Env, lazy_module, pass_env, show_path
+from .common import Env, lazy_module, pass_env, plural, show_path
 
 if TYPE_CHECKING:
     from ..store import Store
 
 # The store pulls in SQLAlchemy; load it when a command runs, not for every `newsletter`.
 core = lazy_module("newsletter.subscribers")
+optin = lazy_module("newsletter.optin")
 # newsletter.subscribers.STATUSES, written out so that --help needs no database code
 # (tests/test_cli_subscribers.py keeps the two equal).
 STATUS_CHOICES = ("active", "pending", "unsubscribed", "bounced", "complained", "manual")
@@ -170,7 +171,9 @@ def subscribers_add(
 ) -> None:
     """Add EMAIL to a list.
 
-    They are pending until they confirm, or active at once with --confirmed. Someone who
+    They are pending until they confirm: the confirmation email the sign-up form sends goes
+    to them now, through the configured provider (`subscribers confirm-request` sends it
+    again). With --confirmed they are active at once and no email is sent. Someone who
     unsubscribed comes back only with --confirmed; a suppressed address (bounced,
     complained, forgotten) only with --confirmed --resubscribe."""
     with _store(env) as store:
@@ -183,16 +186,111 @@ def subscribers_add(
             resubscribe=resubscribe,
             check_deliverability=check_deliverability,
         )
-    messages = {
-        "added": f"Added {result.email} to {result.list!r} ({result.status})",
-        "confirmed": f"Confirmed {result.email} on {result.list!r} (active)",
-        "resubscribed": f"Resubscribed {result.email} to {result.list!r} (active)",
-        "unchanged": f"{result.email} is already on {result.list!r} ({result.status})",
-    }
-    line = messages[result.outcome]
-    if result.status == "pending":
-        line += "; they are mailed once they confirm (use --confirmed if they already have)"
+        messages = {
+            "added": f"Added {result.email} to {result.list!r} ({result.status})",
+            "confirmed": f"Confirmed {result.email} on {result.list!r} (active)",
+            "resubscribed": f"Resubscribed {result.email} to {result.list!r} (active)",
+            "unchanged": f"{result.email} is already on {result.list!r} ({result.status})",
+        }
+        line = messages[result.outcome]
+        again = _confirm_request_hint(result.email, result.list, store.default_list)
+        if result.status == "pending" and result.outcome == "added":
+            sent, problem = _first_confirmation(env, store, result.email, result.list)
+            if sent:
+                line += "; the confirmation email is on its way, and they are mailed once they"
+                line += " click its link (use --confirmed if they already confirmed)"
+            else:
+                line += "; they are mailed once they confirm (use --confirmed if they already have)"
+            click.echo(line + ".")
+            if problem:
+                click.echo(f"No confirmation email sent: {problem}; they stay pending: send it "
+                           f"later with `{again}`.", err=True)
+            return
+        if result.status == "pending":
+            line += f"; `{again}` sends the confirmation email again"
     click.echo(line + ".")
+
+
+def _confirm_request_hint(email: str, list_name: str, default: str) -> str:
+    on = "" if list_name == default else f" --list {list_name}"
+    return f"newsletter subscribers confirm-request {email}{on}"
+
+
+def _first_confirmation(env: Env, store: Store, email: str, list_name: str) -> tuple[bool, str]:
+    """Send a new pending reader the confirmation email: (sent, why not). Never fails the
+    add: a reader who could not be mailed stays pending for confirm-request."""
+    from ..errors import NewsletterError
+
+    try:
+        results = list(optin.request_confirmations(env.config, store, [email], list_name))
+    except NewsletterError as exc:
+        return False, " ".join(str(exc).split())
+    if not results:
+        return False, "they are no longer on the list"
+    done = results[0]
+    if done.outcome == "sent":
+        return True, ""
+    if done.outcome == "unknown":
+        return False, f"it may or may not have gone out ({done.detail})"
+    return False, done.detail
+
+
+@subscribers.command("confirm-request")
+@click.argument("emails", nargs=-1, metavar="[EMAIL]...")
+@click.option("--all-pending", is_flag=True, help="Every pending member of the list.")
+@_list_option
+@click.option("--dry-run", is_flag=True, help="Say who would be sent one; send nothing.")
+@click.option("--yes", is_flag=True, help="With --all-pending: do not ask for confirmation.")
+@pass_env
+def subscribers_confirm_request(
+    env: Env, emails: tuple[str, ...], all_pending: bool, list_name: str | None,
+    dry_run: bool, yes: bool,
+) -> None:
+    """Send the confirmation email again to pending readers.
+
+    Name them (EMAIL...) or pass --all-pending. It is the email the sign-up form sends,
+    through the configured provider; as on the site, an address gets at most
+    [web] address_signups_per_day of them a day. Active, unsubscribed and suppressed
+    readers are skipped."""
+    if bool(emails) == all_pending:
+        raise click.UsageError("name the pending readers (EMAIL...) or pass --all-pending, not both"
+                               if emails else "name the pending readers (EMAIL...) or pass --all-pending")
+    with _store(env) as store:
+        where = list_name or store.default_list
+        if all_pending and not dry_run:
+            pending = optin.count_pending(store, list_name)
+            if not pending:
+                click.echo(f"Nobody on {where!r} is waiting to confirm; nothing was sent.")
+                return
+            if not yes:
+                click.confirm(
+                    f"Send the confirmation email to {plural(pending, 'pending reader')} on {where!r}?",
+                    abort=True, err=True,
+                )
+        counts: dict[str, int] = {}
+        labels = {"sent": "sent", "would_send": "would send", "limited": "limited",
+                  "skipped": "skipped", "failed": "failed", "unknown": "unknown"}
+        for done in optin.request_confirmations(
+            env.config, store, list(emails) if emails else None, list_name, dry_run=dry_run
+        ):
+            counts[done.outcome] = counts.get(done.outcome, 0) + 1
+            detail = f": {done.detail}" if done.detail else ""
+            click.echo(f"  {labels[done.outcome]:<10}  {done.email}{detail}")
+    total = sum(counts.values())
+    if not total:
+        click.echo(f"Nobody on {where!r} is waiting to confirm; nothing was sent.")
+        return
+    if dry_run:
+        head = f"Dry run: {plural(counts.get('would_send', 0), 'confirmation email')} would be sent"
+    else:
+        head = f"Sent {plural(counts.get('sent', 0), 'confirmation email')}"
+    rest = [f"{counts[k]:,} {labels[k]}" for k in ("limited", "skipped", "failed", "unknown")
+            if counts.get(k)]
+    click.echo(head + (f" ({', '.join(rest)})" if rest else "") + ".")
+    if counts.get("failed") or counts.get("unknown"):
+        click.echo("Some confirmation emails did not go out (see above); run the command again "
+                   "for those readers later.", err=True)
+        click.get_current_context().exit(1)
 
 
 @subscribers.command("import")
@@ -222,24 +320,27 @@ def subscribers_import(
     check_deliverability: bool,
     rejects: Path | None,
 ) -> None:
-    """Import subscribers from a CSV FILE.
+    """Import subscribers from a CSV or JSON FILE.
 
-    Reads Mailchimp, Substack, Buttondown, listmonk, Ghost and plain exports. People who
-    unsubscribed, bounced, complained or were forgotten are never re-added; invalid rows
-    are listed and written to NAME.rejected.csv in the current folder (or --rejects FILE),
-    never beside FILE. All or nothing: a failed import changes nothing."""
+    Reads Mailchimp, Substack, Buttondown, listmonk, Ghost and plain CSV exports, and this
+    tool's own CSV and JSON exports (`subscribers export --format json`: each member goes
+    back on the list it names, unless --list names one for all). People who unsubscribed,
+    bounced, complained or were forgotten are never re-added; invalid rows are listed and
+    written to NAME.rejected.csv (or .json) in the current folder (or --rejects FILE), never
+    beside FILE. Rows for one address are merged: the last row wins, but the strictest
+    status is kept. All or nothing: a failed import changes nothing."""
     # Reading the header first means a file that cannot be imported fails before the
     # database is opened (or created).
     from ..store import open_store_or_scratch
-    from ..subscriber_file import SubscriberFile
+    from ..subscriber_file import open_subscriber_file
 
-    source = SubscriberFile(
+    source = open_subscriber_file(
         file, email_column=email_column, check_deliverability=check_deliverability
     )
     # A dry run against a database not made yet runs on an empty scratch one instead.
     opened = open_store_or_scratch(env.config) if dry_run else _store(env)
     with source, opened as store, _progress(file) as progress:
-        summary = core.import_csv(
+        summary = core.import_file(
             store, source, list_name=list_name, dry_run=dry_run, progress=progress,
             rejects=rejects,
         )
@@ -268,8 +369,14 @@ def _progress(file: Path) -> Iterator[Any]:
 
 
 def _print_summary(s: core.ImportSummary, rejects: Path | None = None) -> None:
-    where = f"{show_path(s.path)} into list {s.list!r}"
+    into = s.lists or [s.list]
+    names = ", ".join(repr(n) for n in into)
+    where = f"{show_path(s.path)} into list{'s' if len(into) != 1 else ''} {names}"
     click.echo(f"Dry run of {where}: nothing was changed." if s.dry_run else f"Imported {where}.")
+    if s.created_lists:
+        made = ", ".join(repr(n) for n in s.created_lists)
+        verb = "would be created" if s.dry_run else "created"
+        click.echo(f"  (list{'s' if len(s.created_lists) != 1 else ''} {made} {verb}: the file names them)")
     verb = "would be " if s.dry_run else ""
     click.echo(f"  added      {s.added:>8,}")
     click.echo(f"  updated    {s.updated:>8,}")
@@ -284,9 +391,12 @@ def _print_summary(s: core.ImportSummary, rejects: Path | None = None) -> None:
         where_rejected = f"  ({verb}written to {show_path(would_be)})"
     click.echo(f"  rejected   {s.rejected:>8,}{where_rejected}")
     if s.duplicates:
-        click.echo(f"  ({s.duplicates} duplicate row{'s' if s.duplicates != 1 else ''} merged)")
+        click.echo(
+            f"  ({plural(s.duplicates, 'duplicate row')} merged: the last row for an address "
+            "wins, for its spelling, name and attributes; the strictest status is kept)"
+        )
     for rejection in s.rejections:
-        click.echo(f"  row {rejection.row}: {rejection.reason}")
+        click.echo(f"  {rejection.unit} {rejection.row}: {rejection.reason}")
     if s.rejected > len(s.rejections):
         more = s.rejected - len(s.rejections)
         where_all = f" (all are in {show_path(s.rejected_path)})" if s.rejected_path else ""
@@ -337,9 +447,10 @@ def subscribers_export(
 ) -> None:
     """Export the members of a list to stdout.
 
-    E.g. `newsletter subscribers export > backup.csv`. The CSV imports back as it was:
-    unsubscribed and suppressed people stay out. Cells a spreadsheet would run as a
-    formula (starting with = + - @) get a ' in front; the JSON is exact."""
+    E.g. `newsletter subscribers export > backup.csv`. The CSV and the JSON
+    (`--all-lists --format json` for every list) import back as they were: unsubscribed
+    and suppressed people stay out. Cells a spreadsheet would run as a formula (starting
+    with = + - @) get a ' in front; the JSON is exact."""
     with _store(env) as store:
         members = core.iter_members(store, list_name, status=status, all_lists=all_lists)
         _write_members(members, fmt, env.config.newsletter.timezone, all_lists)
@@ -395,6 +506,7 @@ def _write_table(members: Iterator[core.Member], tz: Any, all_lists: bool, out: 
     head += f"{'LIST':<{list_w}}  " if all_lists else ""
     out.write(head + f"{'STATUS':<12}  JOINED\n")
     count = 0
+    by_status: dict[str, int] = {}
     for m in chain(first, members):
         line = f"{clip(m.email, email_w):<{email_w}}  {clip(m.name, name_w):<{name_w}}  "
         if all_lists:
@@ -402,7 +514,9 @@ def _write_table(members: Iterator[core.Member], tz: Any, all_lists: bool, out: 
         line += f"{m.status:<12}  {m.created_at.astimezone(tz):%Y-%m-%d}\n"
         out.write(line)
         count += 1
-    click.echo(f"{count} member{'s' if count != 1 else ''}", err=True)
+        by_status[m.status] = by_status.get(m.status, 0) + 1
+    statuses = ", ".join(f"{by_status[s]:,} {s}" for s in STATUS_CHOICES if s in by_status)
+    click.echo(f"{plural(count, 'member')}: {statuses}", err=True)
 
 
 @subscribers.command("unsubscribe")

@@ -14,7 +14,10 @@ whether an address is on the list. What does differ, out of sight:
   was *forgotten* may sign up again, as a new reader, and the confirmation lifts that.
 
 A per-IP and a per-address limit (fixed windows kept in ``rate_limits``, by hash only) stop
-anyone using the form to flood an inbox; a hidden honeypot field catches simple bots.
+anyone using the form to flood an inbox; a hidden honeypot field catches simple bots. The
+per-address limit is shared with the command line (``subscribers add`` and
+``subscribers confirm-request`` send the same email): the email, its token and that limit
+live in the core module :mod:`newsletter.optin`; this module adds what only the site needs.
 
 Links carry ids, never addresses: a confirmation token names the subscriber, the list and
 the moment the subscriber row was made (so a link cannot confirm a later reader who got the
@@ -34,7 +37,6 @@ import datetime as dt
 import hashlib
 import hmac
 import logging
-import os
 import queue
 import threading
 from collections.abc import Callable
@@ -45,22 +47,33 @@ from sqlalchemy import Connection, delete, insert, select, update
 
 from ..addresses import clean_name, parse_address
 from ..config import Config
-from ..content import Issue
 from ..errors import InvalidAddress, NewsletterError
-from ..message import MessageTemplate, Recipient, message_id, unsubscribe_url
-from ..providers import Batch, BatchError, Envelope, Outcome, Provider, get_provider
-from ..render import Rendered, inline_css, render_template
+from ..optin import (
+    ADDRESS_WINDOW,
+    CONFIRM_TTL,
+    ConfirmJob,
+    ListRef,
+    address_limited,
+    confirm_token,
+    confirm_url,
+    confirmation_message,
+    list_label,
+    membership_mark,
+    over_limit,
+    prune_counters,
+    read_confirm_token,
+    send_confirmation,
+)
+from ..providers import BatchError, Provider, get_provider
 from ..store import Store
-from ..store.schema import lists, memberships, rate_limits, subscribers, suppressions
+from ..store.schema import lists, memberships, subscribers, suppressions
 from ..subscribers import suppression_of
-from ..tokens import BadToken, sign, verify
+from ..tokens import BadToken, verify
 
 log = logging.getLogger("newsletter.web")
 
-CONFIRM_TTL = 7 * 24 * 3600  # seconds a confirmation link stays valid
 HONEYPOT = "website"  # the hidden form field only a bot fills in
 IP_WINDOW = dt.timedelta(hours=1)
-ADDRESS_WINDOW = dt.timedelta(days=1)
 
 
 class SignupError(NewsletterError):
@@ -83,43 +96,6 @@ def utcnow() -> dt.datetime:
 # Rate limits
 
 
-def _upsert_counter(conn: Connection, key: str, now: dt.datetime) -> None:
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert
-    conn.execute(
-        dialect_insert(rate_limits).values(key=key, window_start=now, hits=0)
-        .on_conflict_do_nothing(index_elements=["key"])
-    )
-
-
-def over_limit(conn: Connection, key: str, limit: int, window: dt.timedelta,
-               now: dt.datetime) -> int:
-    """Count one hit on ``key``; 0 when it is within ``limit`` per ``window``, else the
-    seconds until the window ends. Fixed windows, one row per key."""
-    _upsert_counter(conn, key, now)
-    row = conn.execute(
-        select(rate_limits.c.window_start, rate_limits.c.hits)
-        .where(rate_limits.c.key == key).with_for_update()
-    ).one()
-    start, hits = row.window_start, row.hits
-    if start + window <= now:
-        start, hits = now, 0
-    if hits >= limit:
-        return max(1, int((start + window - now).total_seconds()))
-    conn.execute(update(rate_limits).where(rate_limits.c.key == key)
-                 .values(window_start=start, hits=hits + 1))
-    return 0
-
-
-def prune_counters(store: Store, now: dt.datetime | None = None) -> int:
-    """Forget counters whose window ended long ago."""
-    cutoff = (now or utcnow()) - 2 * ADDRESS_WINDOW
-    with store.write() as conn:
-        return conn.execute(delete(rate_limits).where(rate_limits.c.window_start < cutoff)).rowcount
-
-
 def ip_key(secret: str, ip: str) -> str:
     """The counter key of a client IP: keyed, so the table holds no IP addresses."""
     digest = hmac.new(secret.encode("utf-8"), f"ip\n{ip}".encode(), hashlib.sha256).hexdigest()
@@ -136,21 +112,6 @@ def check_ip(store: Store, secret: str, ip: str, per_hour: int, now: dt.datetime
 
 # ---------------------------------------------------------------------------------------------
 # Signing up
-
-
-@dataclass(frozen=True, slots=True)
-class ListRef:
-    id: int
-    name: str
-    title: str
-
-
-@dataclass(frozen=True, slots=True)
-class ConfirmJob:
-    """A confirmation email to send: to whom (by id only) and for which list."""
-
-    subscriber_id: int
-    list_id: int
 
 
 def public_list(config: Config, name: str | None) -> str:
@@ -190,8 +151,7 @@ def request_signup(store: Store, config: Config, email: str, name: str = "",
         lst = _list(conn, config, wanted, create=True)
         if lst is None:
             raise SignupError("there is no such list to subscribe to")
-        if over_limit(conn, f"address:{address.hash}", config.web.address_signups_per_day,
-                      ADDRESS_WINDOW, now):
+        if address_limited(conn, config, address.hash, now):
             return None
         found = suppression_of(conn, address.hash)
         if found is not None and found.reason != "forgotten":
@@ -226,26 +186,6 @@ def request_signup(store: Store, config: Config, email: str, name: str = "",
 # Confirming
 
 
-def membership_mark(status: str, created_at: dt.datetime, confirmed_at: dt.datetime | None,
-                    unsubscribed_at: dt.datetime | None) -> str:
-    """A short fingerprint of a membership's state: any confirmation or leaving changes it."""
-    stamps = [status, *(t.isoformat() if t else "" for t in (created_at, confirmed_at, unsubscribed_at))]
-    return hashlib.sha256("|".join(stamps).encode()).hexdigest()[:16]
-
-
-def confirm_token(secret: str, subscriber_id: int, list_id: int, created_at: dt.datetime,
-                  mark: str) -> str:
-    """The link's token for one sign-up: the subscriber (and when the row was made), the
-    list, and the membership's :func:`membership_mark` when the email was sent."""
-    return sign(secret, "confirm",
-                {"s": subscriber_id, "l": list_id, "c": int(created_at.timestamp()), "m": mark},
-                ttl=CONFIRM_TTL)
-
-
-def confirm_url(config: Config, token: str) -> str:
-    return f"{config.newsletter.site_url}/confirm/{token}"
-
-
 @dataclass(frozen=True, slots=True)
 class Confirmed:
     # ready: the link would confirm (a GET shows the button); confirmed: it just did;
@@ -268,11 +208,8 @@ def confirm(store: Store, secret: str, token: str, now: dt.datetime | None = Non
     state the link was sent in; with ``apply=False`` only say what confirming would do
     (status ``ready`` instead of ``confirmed``), changing nothing. Raises BadToken for a
     forged, damaged or expired link (nothing changes then)."""
-    data = verify(secret, "confirm", token, now=now.timestamp() if now else None)
-    sub_id, list_id, made = _int(data, "s"), _int(data, "l"), _int(data, "c")
-    mark = data.get("m")  # links sent before marks existed have none
-    if mark is not None and not isinstance(mark, str):
-        raise BadToken("this link is damaged; copy the whole link from the email")
+    claim = read_confirm_token(secret, token, now)
+    sub_id, list_id, made, mark = claim.subscriber_id, claim.list_id, claim.made, claim.mark
     now = now or utcnow()
     with (store.write() if apply else store.read()) as conn:
         sub = conn.execute(
@@ -348,73 +285,7 @@ def unsubscribe(store: Store, target: UnsubscribeTarget, now: dt.datetime | None
 
 
 # ---------------------------------------------------------------------------------------------
-# The confirmation email
-
-
-def list_label(config: Config, lst: ListRef | None) -> str:
-    """How pages and emails name a list: its title, else the newsletter's name (with the
-    list's name when it is not the default list)."""
-    n = config.newsletter
-    if lst is None:
-        return n.name
-    if lst.title:
-        return lst.title
-    return n.name if lst.name == n.default_list else f"{n.name} ({lst.name})"
-
-
-def confirmation_message(config: Config, lst: ListRef, link: str) -> Rendered:
-    """The confirmation email, rendered for one reader (it is one message, so nothing is
-    left to personalise but the unsubscribe link in its headers)."""
-    n = config.newsletter
-    today = dt.datetime.now(n.timezone).date()
-    subject = f"Confirm your subscription to {list_label(config, lst)}"
-    preheader = "Open the link and press the button to join. Not you? Ignore this email."
-    context = {
-        "newsletter": n, "list_label": list_label(config, lst), "confirm_url": link,
-        "subject": subject, "preheader": preheader, "date": today, "days": CONFIRM_TTL // 86400,
-        "postal_address": n.postal_address, "archive_url": f"{n.site_url}/archive/",
-        "sign_off": n.sign_off, "author": n.author,
-    }
-    html = inline_css(render_template(config, "web/confirm-email.html", context))
-    text = render_template(config, "web/confirm-email.txt", context)
-    issue = Issue(path=config.root, slug="confirm", subject=subject, preheader=preheader,
-                  list_name=lst.name, send_at=None, date=today, note="", note_line=1, posts=())
-    return Rendered(issue=issue, subject=subject, preheader=preheader, html=html, text=text,
-                    web_html="", web_url=link, assets=(), links=())
-
-
-def send_confirmation(config: Config, store: Store, secret: str, job: ConfirmJob,
-                      provider: Provider | None = None) -> Outcome | None:
-    """Send one confirmation email now; None when there is no longer anyone to send it to."""
-    with store.read() as conn:
-        sub = conn.execute(
-            select(subscribers.c.email, subscribers.c.created_at).where(subscribers.c.id == job.subscriber_id)
-        ).first()
-        lst = conn.execute(
-            select(lists.c.id, lists.c.name, lists.c.title).where(lists.c.id == job.list_id)
-        ).first()
-        member = conn.execute(
-            select(memberships.c.status, memberships.c.created_at, memberships.c.confirmed_at,
-                   memberships.c.unsubscribed_at).where(
-                memberships.c.list_id == job.list_id, memberships.c.subscriber_id == job.subscriber_id
-            )
-        ).first()
-    if sub is None or lst is None or member is None:
-        return None
-    ref = ListRef(lst.id, lst.name, lst.title)
-    mark = membership_mark(member.status, member.created_at, member.confirmed_at, member.unsubscribed_at)
-    link = confirm_url(config, confirm_token(secret, job.subscriber_id, job.list_id, sub.created_at, mark))
-    rendered = confirmation_message(config, ref, link)
-    template = MessageTemplate(config, rendered, ref.name)
-    leave = unsubscribe_url(config, sign(secret, "unsubscribe", {"s": job.subscriber_id, "l": job.list_id}))
-    envelope = Envelope(key=job.subscriber_id, recipient=Recipient(sub.email, ""),
-                        unsubscribe_url=leave, message_id=message_id(config))
-    provider = provider or get_provider(config)
-    try:
-        outcomes = provider.send_batch(Batch(template, [envelope], os.urandom(8).hex(), label="confirm"))
-    finally:
-        provider.close()
-    return outcomes[0] if outcomes else None
+# Sending the confirmation email (made and sent by newsletter.optin)
 
 
 class Mailer:
@@ -472,3 +343,34 @@ class Mailer:
     def close(self, timeout: float = 10.0) -> None:
         self.jobs.put(None)
         self._thread.join(timeout)
+
+
+# What the site's modules and tests use from here, including the names it shares with the
+# command line through newsletter.optin.
+__all__ = [
+    "ADDRESS_WINDOW",
+    "CONFIRM_TTL",
+    "HONEYPOT",
+    "IP_WINDOW",
+    "ConfirmJob",
+    "Confirmed",
+    "ListRef",
+    "Mailer",
+    "RateLimited",
+    "SignupError",
+    "UnsubscribeTarget",
+    "check_ip",
+    "confirm",
+    "confirm_token",
+    "confirm_url",
+    "confirmation_message",
+    "ip_key",
+    "list_label",
+    "over_limit",
+    "prune_counters",
+    "public_list",
+    "read_unsubscribe",
+    "request_signup",
+    "send_confirmation",
+    "unsubscribe",
+]
