@@ -639,3 +639,11 @@ def test_confirmation_email_text(site):
     body = text_of(site.confirmations()[0])
     assert "Confirm your subscription to Test Letter" in body
     assert "1 Test Street, Oslo" in body and "7 days" in body
+
+
+def test_a_damaged_link_page_says_what_is_wrong_once_and_what_to_do_once(site):
+    for path in ("/confirm/nonsense", "/unsubscribe/nonsense"):
+        text = site.client.get(path).get_data(as_text=True)
+        assert not re.search(r"[^./]\.\.(?![./])", text)  # no sentence ends twice
+        assert text.lower().count("copy the whole link") == 1
+        assert "This link is damaged." in text or "This link is not valid." in text

@@ -400,7 +400,7 @@ def _print_summary(s: core.ImportSummary, rejects: Path | None = None) -> None:
     if s.rejected > len(s.rejections):
         more = s.rejected - len(s.rejections)
         where_all = f" (all are in {show_path(s.rejected_path)})" if s.rejected_path else ""
-        click.echo(f"  ... and {more:,} more rejected rows{where_all}")
+        click.echo(f"  ... and {plural(more, 'more rejected row')}{where_all}")
 
 
 def _status_option(func: Any) -> Any:

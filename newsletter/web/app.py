@@ -286,7 +286,9 @@ class PublicApp:
 
     def _bad_link(self, request: Request, exc: BadToken) -> Response:
         expired = "expired" in str(exc)
-        return self.page(request, "link-error.html", 400, message=_sentence(str(exc)), expired=expired)
+        # What is wrong, once; the page itself says what to do about it.
+        what = str(exc).split(";", 1)[0]
+        return self.page(request, "link-error.html", 400, message=_sentence(what), expired=expired)
 
     def on_confirm(self, request: Request, token: str) -> Response:
         # Mail scanners open every link in a new message, so opening it (GET, HEAD) only
