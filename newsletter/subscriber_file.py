@@ -31,7 +31,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Self
 
 from .addresses import clean_name, parse_address, single_line
 from .csvsafe import restore
@@ -174,7 +174,32 @@ def _stricter(a: str | None, b: str | None) -> str | None:
     return a if STATUS_RANK[a] >= STATUS_RANK[b] else b
 
 
-class SubscriberFile:
+class _OpenFile:
+    """What the CSV and the JSON reader share: the open text, closing it, and the cached
+    DNS resolver for deliverability checks."""
+
+    check_deliverability: bool
+    _resolver: Any
+    _text: io.TextIOWrapper
+
+    def _dns_resolver(self) -> Any:
+        if self.check_deliverability and self._resolver is None:
+            from email_validator import caching_resolver
+
+            self._resolver = caching_resolver(timeout=10)
+        return self._resolver
+
+    def close(self) -> None:
+        self._text.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SubscriberFile(_OpenFile):
     """An opened subscriber CSV. Opening it checks the format and finds the columns, so a
     file that cannot be imported fails before anything touches the database."""
 
@@ -371,21 +396,6 @@ class SubscriberFile:
                 raise _RowProblem(f"subscribed should be true or false, not {flag!r}")
         return status
 
-    def _dns_resolver(self) -> Any:
-        if self.check_deliverability and self._resolver is None:
-            from email_validator import caching_resolver
-
-            self._resolver = caching_resolver(timeout=10)
-        return self._resolver
-
-    def close(self) -> None:
-        self._text.close()
-
-    def __enter__(self) -> SubscriberFile:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _guess_delimiter(sample: str) -> str:
@@ -518,7 +528,7 @@ JSON_IGNORED_KEYS = {"list", "source", "createdat", "confirmedat", "rejectedline
 JSON_READ_CHARS = 64 * 1024
 
 
-class JsonSubscriberFile:
+class JsonSubscriberFile(_OpenFile):
     """An opened JSON subscriber file: an array of objects, one per membership, such as
     ``subscribers export --format json`` writes (``email``, ``name``, ``status``, ``list``,
     ``attributes`` and dates). Read item by item, so memory stays flat however long the
@@ -761,21 +771,6 @@ class JsonSubscriberFile:
                 attributes[str(key)] = value
         return attributes
 
-    def _dns_resolver(self) -> Any:
-        if self.check_deliverability and self._resolver is None:
-            from email_validator import caching_resolver
-
-            self._resolver = caching_resolver(timeout=10)
-        return self._resolver
-
-    def close(self) -> None:
-        self._text.close()
-
-    def __enter__(self) -> JsonSubscriberFile:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 _JSON_ROLES = (
