@@ -14,12 +14,11 @@ from newsletter.providers import (
     get_provider,
 )
 
-from .fakes.httpbase import Reply, json_reply, text_reply
+from .fakes.httpbase import json_reply, text_reply
 from .fakes.postmark import TOKEN, FakePostmark
-from .provider_util import batch_of
+from .provider_util import MAINTENANCE_PAGE, batch_of, foreign_5xx
 
 GATEWAY_PAGE = "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body><center><h1>502 Bad Gateway</h1></center></body>\r\n</html>\r\n"
-MAINTENANCE_PAGE = "<!DOCTYPE html>\n<html><body>\n<h1>Service Unavailable</h1>\n<p>Back soon.</p>\n</body></html>\n"
 
 
 @pytest.fixture
@@ -170,16 +169,7 @@ def test_an_answer_lost_after_postmark_took_the_batch_is_unknown(postmark, fake,
     assert fake.batches == 1 and len(fake.messages) == 1
 
 
-@pytest.mark.parametrize(
-    ("fault", "status"),
-    [
-        (text_reply(503, MAINTENANCE_PAGE), 503),
-        (504, 504),  # a gateway's status, whatever its body says
-        (Reply(500), 500),  # no body at all
-        (text_reply(500, "upstream connect error or\ndisconnect/reset before headers", "text/plain"), 500),
-        (json_reply(500, {"error": "Internal Server Error"}), 500),  # JSON, but not Postmark's
-    ],
-)
+@pytest.mark.parametrize(("fault", "status"), foreign_5xx(json_reply(500, {"error": "Internal Server Error"})))  # JSON, but not postmark's
 def test_a_5xx_not_known_to_come_from_postmark_is_unknown(postmark, fake, fault, status):
     provider, template = postmark
     fake.faults = [fault]

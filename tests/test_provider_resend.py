@@ -23,12 +23,12 @@ from newsletter.providers import (
 )
 from newsletter.providers.resend import idempotency_key
 
-from .fakes.httpbase import Reply, json_reply, text_reply
+from .fakes.httpbase import json_reply, text_reply
 from .fakes.resend import KEY, SENDING_KEY, FakeResend
+from .provider_util import MAINTENANCE_PAGE, foreign_5xx
 from .provider_util import batch_of as shared_batch_of
 
 GATEWAY_PAGE = "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body><center><h1>502 Bad Gateway</h1></center></body>\r\n</html>\r\n"
-MAINTENANCE_PAGE = "<!DOCTYPE html>\n<html><body>\n<h1>Service Unavailable</h1>\n<p>Back soon.</p>\n</body></html>\n"
 
 
 @pytest.fixture
@@ -357,16 +357,7 @@ def test_an_answer_lost_after_resend_took_the_batch_is_unknown(resend, fake, fau
     assert len(fake.messages) == 1
 
 
-@pytest.mark.parametrize(
-    ("fault", "status"),
-    [
-        (text_reply(503, MAINTENANCE_PAGE), 503),
-        (504, 504),  # a gateway's status, whatever its body says
-        (Reply(500), 500),  # no body at all
-        (text_reply(500, "upstream connect error or\ndisconnect/reset before headers", "text/plain"), 500),
-        (json_reply(500, {"message": "Internal Server Error"}), 500),  # JSON, but not Resend's
-    ],
-)
+@pytest.mark.parametrize(("fault", "status"), foreign_5xx(json_reply(500, {"message": "Internal Server Error"})))  # JSON, but not resend's
 def test_a_5xx_not_known_to_come_from_resend_is_unknown(resend, fake, fault, status):
     provider, template = resend
     fake.faults = [fault]

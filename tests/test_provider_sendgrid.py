@@ -22,10 +22,9 @@ from newsletter.providers import (
 
 from .fakes.httpbase import Reply, json_reply, text_reply
 from .fakes.sendgrid import KEY, FakeSendgrid
-from .provider_util import batch_of
+from .provider_util import MAINTENANCE_PAGE, batch_of, foreign_5xx
 
 GATEWAY_PAGE = "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body><center><h1>502 Bad Gateway</h1></center></body>\r\n</html>\r\n"
-MAINTENANCE_PAGE = "<!DOCTYPE html>\n<html><body>\n<h1>Service Unavailable</h1>\n<p>Back soon.</p>\n</body></html>\n"
 
 
 @pytest.fixture
@@ -382,16 +381,7 @@ def test_an_answer_lost_after_sendgrid_took_the_mail_is_unknown(sendgrid, fake, 
     assert len(fake.accepted) == 1 and len(fake.messages) == 1
 
 
-@pytest.mark.parametrize(
-    ("fault", "status"),
-    [
-        (text_reply(503, MAINTENANCE_PAGE), 503),
-        (504, 504),  # a gateway's status, whatever its body says
-        (Reply(500), 500),  # no body at all
-        (text_reply(500, "upstream connect error or\ndisconnect/reset before headers", "text/plain"), 500),
-        (json_reply(500, {"message": "Internal Server Error"}), 500),  # JSON, but not SendGrid's
-    ],
-)
+@pytest.mark.parametrize(("fault", "status"), foreign_5xx(json_reply(500, {"message": "Internal Server Error"})))  # JSON, but not sendgrid's
 def test_a_5xx_not_known_to_come_from_sendgrid_is_unknown(sendgrid, fake, fault, status):
     provider, template = sendgrid
     fake.faults = [fault]
