@@ -104,7 +104,7 @@ def build(config: Config, name: str | None, out_dir: Path | None = None) -> Buil
         for asset in rendered.assets:
             destination = web / asset.name
             destination.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(asset.source, destination)
+            shutil.copyfile(asset.path, destination)
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{rendered.slug}.old.", dir=dist))
             target.rename(old / "x")

@@ -145,6 +145,11 @@ class Config:
     def templates_dir(self) -> Path:
         return self.root / "templates"
 
+    @property
+    def cache_dir(self) -> Path:
+        """Files made from others and made again when lost (resized images)."""
+        return self.root / ".cache"
+
     def secret(self, name: str) -> str | None:
         """A secret from the environment or .env; empty values count as unset."""
         value = self.env.get(name)

@@ -30,6 +30,7 @@ from markdown_it.tree import SyntaxTreeNode
 from markupsafe import Markup
 from mdit_py_plugins.footnote import footnote_plugin
 
+from . import images
 from .config import Config
 from .content import Issue
 from .errors import TemplateError
@@ -62,8 +63,14 @@ class LinkRef:
 class Asset:
     """A local file published beside the web version (an image, a PDF)."""
 
-    source: Path
+    source: Path  # the file beside the post
     name: str  # path under the web version's folder, with forward slashes
+    file: Path | None = None  # what is published instead, when it differs (a resized image)
+
+    @property
+    def path(self) -> Path:
+        """The file to publish under ``name``."""
+        return self.file or self.source
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +85,7 @@ class Rendered:
     assets: tuple[Asset, ...]
     links: tuple[LinkRef, ...]
     source_hashes: dict[str, str] = field(default_factory=dict)
+    images: tuple[images.Image, ...] = ()  # the local images, measured (and resized)
 
     @property
     def slug(self) -> str:
@@ -97,13 +105,104 @@ class Rendered:
 # Markdown
 
 
-@cache
-def markdown() -> MarkdownIt:
+def _markdown_parser() -> MarkdownIt:
     return (
         MarkdownIt("commonmark", {"html": True})
         .enable(["table", "strikethrough"])
         .use(footnote_plugin)
     )
+
+
+@cache
+def markdown() -> MarkdownIt:
+    """Posts as Markdown: parses them, and renders the web version."""
+    return _markdown_parser()
+
+
+@cache
+def email_markdown() -> MarkdownIt:
+    """The renderer of the email, for what mail clients drop or cannot lay out.
+
+    - Footnotes are a plain numbered list after a rule, with plain superscript numbers:
+      Outlook for Windows and Yahoo strip ``<section>``, and Gmail on iOS and Yahoo do not
+      follow in-page anchors, so there are no jumps and no back-links.
+    - Code blocks are lines of text (``<br>`` between them, indentation as no-break spaces)
+      rather than ``<pre>``: Outlook for Windows ignores ``white-space`` and Gmail's apps
+      ignore ``pre``, so a ``<pre>`` never wraps there and widens the whole message.
+    - A word of :data:`LONG_WORD` characters or more (a URL, a token in code) can break:
+      ``<wbr>`` inside it for the clients that read that tag, and ``word-break: break-all``
+      on it for Outlook for Windows, which does not.
+    - Tables sit in a block that scrolls sideways, so a wide one does not widen the page.
+    """
+    md = _markdown_parser()
+    md.add_render_rule("footnote_ref", _email_footnote_ref)
+    md.add_render_rule("footnote_block_open", lambda *_: '<hr class="footnotes-sep">\n<ol class="footnotes">\n')
+    md.add_render_rule("footnote_block_close", lambda *_: "</ol>\n")
+    md.add_render_rule("footnote_open", lambda *_: '<li class="footnote-item">')
+    md.add_render_rule("footnote_anchor", lambda *_: "")
+    md.add_render_rule("fence", _email_code_block)
+    md.add_render_rule("code_block", _email_code_block)
+    md.add_render_rule("code_inline", _email_code_inline)
+    md.add_render_rule("text", _email_text)
+    md.add_render_rule("table_open", lambda *_: '<div class="table-scroll">\n<table>\n')
+    md.add_render_rule("table_close", lambda *_: "</table>\n</div>\n")
+    return md
+
+
+LONG_WORD = 30  # characters without a space: longer runs get places to break
+_BREAK_AFTER = frozenset("/.-_?&=,;:#+)]}")
+_BREAK_EVERY = 20  # characters, where no punctuation offers a place sooner
+
+
+def breakable(text: str) -> str:
+    """``text`` as HTML, with every long word made breakable (see :func:`email_markdown`)."""
+    parts = re.split(r"(\s+)", text)
+    return "".join(_long_word(part) if len(part) >= LONG_WORD else html_lib.escape(part, quote=False)
+                   for part in parts)
+
+
+def _long_word(word: str) -> str:
+    pieces, start = [], 0
+    for index, char in enumerate(word, start=1):
+        if index - start >= _BREAK_EVERY or (char in _BREAK_AFTER and index - start >= 4):
+            pieces.append(word[start:index])
+            start = index
+    pieces.append(word[start:])
+    inner = "<wbr>".join(html_lib.escape(piece, quote=False) for piece in pieces if piece)
+    return f'<span class="long">{inner}</span>'
+
+
+def _email_text(self, tokens, idx, options, env) -> str:
+    return breakable(tokens[idx].content)
+
+
+def _email_code_inline(self, tokens, idx, options, env) -> str:
+    return f"<code>{breakable(tokens[idx].content)}</code>"
+
+
+def _email_footnote_ref(self, tokens, idx, options, env) -> str:
+    return f'<sup class="footnote-ref">{tokens[idx].meta["id"] + 1}</sup>'
+
+
+def _email_code_block(self, tokens, idx, options, env) -> str:
+    lines = tokens[idx].content.rstrip("\n").expandtabs(4).split("\n")
+    return '<div class="code">' + "<br>\n".join(_code_line(line) for line in lines) + "</div>\n"
+
+
+def _code_line(line: str) -> str:
+    """One line of code as text that keeps its spacing and can still wrap at its spaces."""
+    if not line.strip():
+        return "&nbsp;"
+    out = []
+    for part in re.split(r"( +)", line):
+        if not part:
+            continue
+        if part.startswith(" "):
+            n = len(part)
+            out.append("&nbsp;" * n if not out else "&nbsp;" * (n - 1) + " ")
+        else:
+            out.append(breakable(part))
+    return "".join(out)
 
 
 def _children(tokens: Iterable[Token]) -> Iterable[tuple[Token, int | None]]:
@@ -158,9 +257,24 @@ def _is_relative(url: str) -> bool:
 class _PostAssets:
     """Publishes the local files a post refers to, with collision-free names."""
 
-    def __init__(self) -> None:
+    def __init__(self, cache: Path) -> None:
+        self.cache = cache / "images"
         self.by_source: dict[Path, Asset] = {}
         self.names: set[str] = set()
+        self.images: dict[Path, images.Image] = {}
+
+    def image(self, source: Path) -> images.Image | None:
+        """The published image ``source`` (measured, resized when too wide); None if absent."""
+        if source in self.images:
+            return self.images[source]
+        if not source.is_file():
+            return None
+        found = images.inspect(source, self.cache)
+        self.images[source] = found
+        if found.resized:
+            asset = self.by_source[source]
+            self.by_source[source] = Asset(source=asset.source, name=asset.name, file=found.file)
+        return found
 
     def publish(self, folder: Path, relative: str) -> tuple[Path, str]:
         path_part = unquote(urlsplit(relative).path)
@@ -229,13 +343,20 @@ def _render_markdown(
             fragment = urlsplit(url).fragment
             suffix = f"#{fragment}" if fragment else ""
             rewrites.append((child, attr, f"{web_url}{name}{suffix}", f"{name}{suffix}"))
+            picture = assets.image(local) if kind == "image" else None
+            if picture is not None and picture.problem is None:
+                child.attrSet("width", str(picture.display_width))
+        elif kind == "link" and url.startswith("#") and len(url) > 1:
+            # In-page jumps do not work in Gmail on iOS or in Yahoo: the email's go to the
+            # same place in the web version instead.
+            rewrites.append((child, attr, f"{web_url}{url}", url))
         links.append(LinkRef(file=file, line=absolute_line, kind=kind, url=url, alt=alt, local=local))
     links.sort(key=lambda ref: ref.line or 0)  # in the order of the file
 
     options = md.options
     for token, attr, email_url, _web in rewrites:
         token.attrSet(attr, email_url)
-    email_html = md.renderer.render(tokens, options, env)
+    email_html = email_markdown().renderer.render(tokens, options, env)
     for token, attr, _email, web in rewrites:
         token.attrSet(attr, web)
     web_html = md.renderer.render(tokens, options, env)
@@ -466,7 +587,7 @@ def web_url_for(config: Config, slug: str) -> str:
 def render_issue(config: Config, issue: Issue) -> Rendered:
     """Render ``issue`` once: email HTML (inlined), plain text and web version."""
     web_url = web_url_for(config, issue.slug)
-    assets = _PostAssets()
+    assets = _PostAssets(config.cache_dir)
     counter = [0]  # link reference numbers run through the whole text part
     links: list[LinkRef] = []
     note = None
@@ -538,6 +659,7 @@ def render_issue(config: Config, issue: Issue) -> Rendered:
         assets=published,
         links=tuple(links),
         source_hashes=source_hashes(config, issue, published),
+        images=tuple(assets.images.values()),
     )
 
 

@@ -29,6 +29,7 @@ STUB_BODY = " ".join(STUB_SENTENCES) + "\n"
 GITIGNORE = """\
 .venv/
 dist/
+.cache/
 outbox/
 *.db
 *.db-wal

@@ -233,7 +233,7 @@ def _emails(root: Path) -> dict[str, bytes]:
         raw = MessageTemplate(config, rendered, "main").bytes_for(reader, leave, message_id(config))
         emails[name] = _html_part(email.message_from_bytes(raw, policy=email.policy.default))
     every = emails["email-every-block"].decode()
-    for block in ("<table", "<img", "<pre", "<code", "<blockquote", "<ol", "<ul", 'class="footnotes"'):
+    for block in ("<table", "<img", 'class="code"', "<code", "<blockquote", "<ol", "<ul", 'class="footnotes"'):
         assert block in every, block
     return emails
 

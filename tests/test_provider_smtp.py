@@ -153,7 +153,7 @@ def test_a_body_with_lines_starting_with_a_dot_arrives_intact(server, configure,
     text = msg.get_body(("plain",)).get_content()
     assert "    .hidden\n    ..two\n    ." in text.replace("\r\n", "\n")
     html = msg.get_body(("html",)).get_content().replace("\r\n", "\n")
-    assert ".hidden\n..two\n.\n</code>" in html  # lines that begin with dots, as written
+    assert ".hidden<br>\n..two<br>\n.</div>" in html  # lines that begin with dots, as written
 
 
 # -- logging in with UTF-8 credentials (RFC 4616: PLAIN carries UTF-8) -----------------------

@@ -12,6 +12,8 @@ from newsletter import config as cfg
 from newsletter.errors import TemplateError
 from newsletter.message import MessageTemplate, Personalizer, Recipient, field_values
 
+from .webutil import PNG
+
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -58,7 +60,7 @@ pipeline = []
 def letter_issue(letter, write):
     write("issues/2026-12-01-t/issue.md", "---\nsubject: Tables\npreheader: Pre\n---\nEditor's *note*.\n")
     write("issues/2026-12-01-t/01-t.md", POST)
-    (letter / "issues/2026-12-01-t/chart.png").write_bytes(b"\x89PNG fake")
+    (letter / "issues/2026-12-01-t/chart.png").write_bytes(PNG)
     (letter / "issues/2026-12-01-t/paper.pdf").write_bytes(b"%PDF fake")
     config = cfg.load(letter / "newsletter.toml", environ={})
     return config, build.render(config, "2026-12-01-t")
@@ -70,7 +72,7 @@ def test_markdown_extensions_render(letter_issue):
     assert "<table" in html and "Win rate" in html  # tables
     assert "<s" in html and "struck" in html  # strikethrough
     assert 'class="footnote-ref"' in html and "A footnote." in html  # footnotes
-    assert "<blockquote" in html and "<pre" in html and "<ul" in html
+    assert "<blockquote" in html and 'class="code"' in html and "<ul" in html
     # a post's top heading sits below the post title (h2)
     assert re.search(r"<h3[^>]*>Top heading</h3>", html)
 
@@ -311,7 +313,7 @@ def test_messages_go_7bit_and_fall_back_to_quoted_printable(letter_issue, letter
     msg = parse(raw)
     assert "asa@bücher.example" in msg.get_body(("plain",)).get_content()
     # a line that cannot be shortened (inside <pre>) sends the HTML quoted-printable
-    write("issues/2026-12-01-t/02-code.md", "---\ntitle: Code\n---\n```\n" + "x" * 1200 + "\n```\n")
+    write("issues/2026-12-01-t/02-code.md", "---\ntitle: Code\n---\n<pre>" + "x" * 1200 + "</pre>\n")
     long = build.render(config, "2026-12-01-t")
     raw = MessageTemplate(config, long, "main").bytes_for(Recipient("a@example.com"), "https://u/t", "<x@example.com>")
     assert b'text/html; charset="utf-8"\r\nContent-Transfer-Encoding: quoted-printable' in raw

@@ -146,8 +146,8 @@ class AssetIndex:
                 assets = {}
                 for asset in rendered.assets:
                     inside = http.contained(self.config.root, asset.source)
-                    if inside is not None and inside.is_file():
-                        assets[asset.name] = inside
+                    if inside is not None and asset.path.is_file():
+                        assets[asset.name] = asset.path
             self._cache[slug] = (fingerprint, assets)
             return assets
 

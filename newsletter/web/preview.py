@@ -132,7 +132,7 @@ class IssuePreview:
     sender: str  # the From name the inbox shows
     snippet: str  # the inbox snippet: the preheader, or the start of the email without one
     test_recipients: tuple[str, ...]
-    assets: Mapping[str, Path]  # published name -> file inside the newsletter folder
+    assets: Mapping[str, Path]  # published name -> file (an original inside the folder, or its resized copy)
     sources: tuple[Path, ...]  # files the build read, for the watcher
     built_at: dt.datetime
 
@@ -260,9 +260,8 @@ class Workspace:
         framed = frame_document(proof.html)
         assets = {}
         for asset in rendered.assets:
-            inside = http.contained(self.root, asset.source)
-            if inside is not None:
-                assets[asset.name] = inside
+            if http.contained(self.root, asset.source) is not None:
+                assets[asset.name] = asset.path
         n = config.newsletter
         return IssuePreview(
             slug=slug,
@@ -721,11 +720,10 @@ class PreviewApp:
         built = self._built(slug)
         if isinstance(built, Response):
             return built
-        source = built.assets.get(name)
-        inside = http.contained(self.workspace.root, source) if source else None
-        if inside is None or not inside.is_file():
+        published = built.assets.get(name)  # only files of images inside the folder
+        if published is None or not published.is_file():
             raise NotFound()
-        response = send_file(inside, request.environ, max_age=0)
+        response = send_file(published, request.environ, max_age=0)
         return http.secure(response, "default-src 'none'", frame="SAMEORIGIN")
 
     # -- the test send

@@ -1,0 +1,200 @@
+"""The images of an issue, as mail clients need them: their size, and a lighter copy of any
+image far wider than the email.
+
+An image is shown at its natural width, at most the content column (:data:`COLUMN`). Outlook
+for Windows ignores CSS widths, so the rendered ``<img>`` carries that width as an attribute,
+read here from the file (after its EXIF orientation, as browsers and mail clients show it).
+
+An image wider than twice the column is resized to twice the column (sharp on high-density
+screens) and re-encoded; the copy is what the email links to and what the web version
+publishes, and the original beside the post is never touched. Copies live in a cache
+folder named by the original's content, so a render reads the original only once per change.
+GIFs and other animated images are left as they are.
+
+Nothing here raises for a bad image: :func:`inspect` returns an :class:`Image` whose
+``problem`` says what is wrong, and the pre-flight checks turn that into an error naming the
+file, so one bad picture does not hide the rest of the report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+COLUMN = 536  # px: the email's 600 px container less 32 px of padding on each side
+LARGEST = 2 * COLUMN  # wider images are resized to this width
+IMAGE_WARN_BYTES = 1_000_000  # per image, after resizing
+ISSUE_WARN_BYTES = 3_000_000  # all of an issue's images together
+RECIPE = "1"  # part of a cached copy's name: change it when the encoding settings change
+JPEG_QUALITY = 82
+WEBP_QUALITY = 80
+
+# What mail clients show (caniemail: image-jpg, image-png, image-gif are supported
+# everywhere; WebP is not shown by Outlook for Windows, and BMP, TIFF, SVG are not shown by
+# Gmail or Outlook).
+MAIL_FORMATS = {"JPEG", "PNG", "GIF"}
+PARTLY_SHOWN = {"WEBP": "Outlook for Windows does not show WebP images"}
+
+
+@dataclass(frozen=True, slots=True)
+class Image:
+    """One local image as the issue publishes it."""
+
+    source: Path  # the original, beside the post
+    file: Path  # what is published and mailed: the original, or its resized copy
+    format: str | None = None  # Pillow's name: JPEG, PNG, GIF, WEBP ...
+    width: int = 0  # of ``file``, as shown (EXIF orientation applied)
+    height: int = 0
+    bytes: int = 0  # of ``file``
+    original_width: int = 0
+    original_bytes: int = 0
+    transparent_dark: bool = False  # dark content on a transparent background
+    problem: str | None = None  # why it cannot be used, when it cannot
+
+    @property
+    def display_width(self) -> int:
+        """The width the email shows it at, and its ``width`` attribute."""
+        return min(self.width, COLUMN)
+
+    @property
+    def resized(self) -> bool:
+        return self.file != self.source
+
+
+_lock = threading.Lock()
+_seen: dict[tuple[str, int, int], Image] = {}  # (path, size, mtime) -> what was found
+
+
+def inspect(source: Path, cache: Path) -> Image:
+    """``source`` measured, and resized into ``cache`` when it is far wider than the email."""
+    try:
+        info = source.stat()
+    except OSError as exc:
+        return Image(source=source, file=source, problem=f"cannot be read ({exc.strerror})")
+    key = (str(source), info.st_size, info.st_mtime_ns)
+    with _lock:
+        found = _seen.get(key)
+    if found is not None and (not found.resized or found.file.is_file()):
+        return found
+    found = _inspect(source, info.st_size, cache)
+    with _lock:
+        _seen[key] = found
+    return found
+
+
+def _inspect(source: Path, size: int, cache: Path) -> Image:
+    from PIL import Image as Pil
+    from PIL import UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Pil.DecompressionBombWarning)
+            with Pil.open(source) as picture:
+                kind = picture.format or "unknown"
+                width, height = _oriented_size(picture)
+                animated = bool(getattr(picture, "is_animated", False))
+                if kind not in MAIL_FORMATS and kind not in PARTLY_SHOWN:
+                    return Image(source=source, file=source, format=kind, width=width,
+                                 height=height, bytes=size, original_width=width,
+                                 original_bytes=size,
+                                 problem=f"is a {kind} image, which mail clients do not show; "
+                                 "save it as JPEG or PNG")
+                if width <= LARGEST or animated or kind == "GIF":
+                    picture.load()  # a damaged file fails here rather than in a reader's inbox
+                    dark = _transparent_dark(picture)
+                    return Image(source=source, file=source, format=kind, width=width,
+                                 height=height, bytes=size, original_width=width,
+                                 original_bytes=size, transparent_dark=dark)
+                copy = _resized(source, picture, kind, cache)
+                with Pil.open(copy) as small:
+                    small_width, small_height = small.size
+                    dark = _transparent_dark(small)
+                return Image(source=source, file=copy, format=kind, width=small_width,
+                             height=small_height, bytes=copy.stat().st_size,
+                             original_width=width, original_bytes=size, transparent_dark=dark)
+    except UnidentifiedImageError:
+        problem = "is not an image mail clients can show (JPEG, PNG or GIF); save it as one"
+    except Pil.DecompressionBombError as exc:
+        problem = f"is too large to read safely ({exc}); make it smaller"
+    except (OSError, ValueError, SyntaxError) as exc:
+        problem = f"cannot be read as an image ({exc}); open it and save it again"
+    return Image(source=source, file=source, bytes=size, original_bytes=size, problem=problem)
+
+
+def _oriented_size(picture) -> tuple[int, int]:
+    width, height = picture.size
+    orientation = picture.getexif().get(0x0112, 1)
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+def _resized(source: Path, picture, kind: str, cache: Path) -> Path:
+    """The copy of ``source`` at :data:`LARGEST` px wide, made once and kept in ``cache``."""
+    from PIL import ImageOps
+
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:24]
+    suffix = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp"}[kind]
+    target = _cache_folder(cache) / f"{digest}-{LARGEST}-r{RECIPE}{suffix}"
+    if target.is_file():
+        return target
+    width, height = _oriented_size(picture)
+    new_height = max(1, round(height * LARGEST / width))
+    swapped = picture.size != (width, height)
+    box = (new_height, LARGEST) if swapped else (LARGEST, new_height)
+    if picture.mode == "P" or (kind == "JPEG" and picture.mode not in ("RGB", "L")):
+        picture = picture.convert("RGBA" if kind != "JPEG" else "RGB")
+    if kind == "JPEG":
+        picture.draft(picture.mode, box)  # decoded at a reduced scale: little memory
+    picture = picture.resize(box, reducing_gap=3.0)
+    picture = ImageOps.exif_transpose(picture) or picture
+    out = io.BytesIO()
+    icc = picture.info.get("icc_profile")
+    extra = {"icc_profile": icc} if icc else {}
+    if kind == "JPEG":
+        picture.save(out, "JPEG", quality=JPEG_QUALITY, optimize=True, progressive=True, **extra)
+    elif kind == "PNG":
+        picture.save(out, "PNG", optimize=True, **extra)
+    else:
+        picture.save(out, "WEBP", quality=WEBP_QUALITY, method=5, **extra)
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=".resizing.")
+    with os.fdopen(handle, "wb") as file:
+        file.write(out.getvalue())
+    os.replace(temporary, target)  # another process making the same copy writes the same bytes
+    return target
+
+
+def _cache_folder(preferred: Path) -> Path:
+    """``preferred`` if it can be written, else a folder of this user's in the temp folder."""
+    for folder in (preferred, Path(tempfile.gettempdir()) / f"newsletter-images-{getattr(os, 'getuid', int)()}"):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            if os.access(folder, os.W_OK):
+                return folder
+        except OSError:
+            continue
+    raise OSError(f"no folder to keep resized images in: {preferred} cannot be written")
+
+
+def _transparent_dark(picture) -> bool:
+    """True for a picture mostly see-through whose visible part is dark: under Gmail's dark
+    mode it sits on a dark background and can hardly be seen."""
+    from PIL import ImageStat
+
+    if "A" not in picture.getbands() and "transparency" not in picture.info:
+        return False
+    small = picture.copy()
+    small.thumbnail((128, 128))
+    rgba = small.convert("RGBA")
+    alpha = rgba.getchannel("A")
+    opaque = alpha.point(lambda a: 255 if a >= 128 else 0)
+    total = rgba.width * rgba.height
+    visible = ImageStat.Stat(opaque).sum[0] / 255
+    if total == 0 or visible == 0 or visible > 0.95 * total:
+        return False  # nothing to see, or hardly any background to lose
+    luminance = ImageStat.Stat(rgba.convert("L"), mask=opaque).mean[0]
+    return luminance < 110
