@@ -1,7 +1,7 @@
 """Pre-flight checks on a rendered issue: size, links, images, compliance.
 
 Errors stop a send (Gmail clipping, a missing unsubscribe link or postal address, images
-without alt text, links a mail client cannot follow, a missing image, and the placeholders
+without alt text, links a mail client cannot follow, a missing or unreadable image, and the placeholders
 `newsletter init` and `newsletter new` write: stub text, "Your Name", addresses on domains
 reserved for examples); warnings are shown and do not. Each finding names the file and, where
 it can, the line.
@@ -15,10 +15,12 @@ from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from . import images
 from .config import Config
 from .content import Issue
 from .render import PLACEHOLDERS, SAFE_SCHEMES, LinkRef, Rendered
 from .scaffold import PLACEHOLDER_NAME, STUB_PREHEADER, STUB_SENTENCES
+from .wording import human_size
 
 GMAIL_CLIP_BYTES = 102 * 1024
 STYLE_BLOCK_BYTES = 16 * 1024
@@ -304,6 +306,7 @@ def run_checks(config: Config, rendered: Rendered) -> list[Finding]:
     for ref in rendered.links:
         seen_urls.add(ref.url)
         _check_ref(config, ref, scan.ids, error)
+    _image_findings(config, rendered, error, warning)
 
     # Everything else in the final HTML (templates, raw HTML in posts).
     web_prefix = rendered.web_url
@@ -359,6 +362,47 @@ def _check_ref(config: Config, ref: LinkRef, ids: set[str], error) -> None:
     problem = _link_problem(ref.url, ids)
     if problem:
         error(where, problem)
+
+
+def _image_findings(config: Config, rendered: Rendered, error, warning) -> None:
+    """What the local images weigh and whether mail clients can show them; and the width of
+    remote ones, which cannot be known."""
+    found = {picture.source: picture for picture in rendered.images}
+    done: set[Path] = set()
+    for ref in rendered.links:
+        if ref.kind != "image" or ref.html:
+            continue
+        where = _at(config, ref.file, ref.line)
+        if ref.local is None:
+            if urlsplit(ref.url).scheme in ("http", "https"):
+                warning(where, f"image {ref.url!r} is not beside the post, so its width is "
+                        "unknown and Outlook for Windows shows it at full size; save the file "
+                        "beside the post and link it by name")
+            continue
+        picture = found.get(ref.local)
+        if picture is None or picture.source in done:
+            continue
+        done.add(picture.source)
+        if picture.problem:
+            error(where, f"image {ref.url!r} {picture.problem}")
+            continue
+        if picture.format in images.PARTLY_SHOWN:
+            warning(where, f"image {ref.url!r}: {images.PARTLY_SHOWN[picture.format]}; "
+                    "save it as JPEG or PNG")
+        if picture.bytes > images.IMAGE_WARN_BYTES:
+            after = f" after resizing to {picture.width:,} px wide" if picture.resized else ""
+            warning(where, f"image {ref.url!r} is {human_size(picture.bytes)}{after}; readers on "
+                    f"phones wait for it: keep each image under {human_size(images.IMAGE_WARN_BYTES)} "
+                    "(save photos as JPEG, charts as PNG with fewer colours)")
+        if picture.transparent_dark:
+            warning(where, f"image {ref.url!r} is dark on a transparent background; Gmail's dark "
+                    "mode shows it on a dark background, where it can hardly be seen: give it "
+                    "a white background")
+    total = sum(found[source].bytes for source in done if not found[source].problem)
+    if total > images.ISSUE_WARN_BYTES:
+        warning(_rel(config, rendered.issue.issue_file),
+                f"the issue's images come to {human_size(total)}; readers on phones wait for "
+                f"them: keep them under {human_size(images.ISSUE_WARN_BYTES)} in all")
 
 
 def list_finding(config: Config, issue: Issue, lists: Collection[str]) -> Finding | None:

@@ -29,8 +29,8 @@ from pathlib import Path
 
 COLUMN = 536  # px: the email's 600 px container less 32 px of padding on each side
 LARGEST = 2 * COLUMN  # wider images are resized to this width
-IMAGE_WARN_BYTES = 1_000_000  # per image, after resizing
-ISSUE_WARN_BYTES = 3_000_000  # all of an issue's images together
+IMAGE_WARN_BYTES = 1024 * 1024  # per image, after resizing
+ISSUE_WARN_BYTES = 3 * 1024 * 1024  # all of an issue's images together
 RECIPE = "1"  # part of a cached copy's name: change it when the encoding settings change
 JPEG_QUALITY = 82
 WEBP_QUALITY = 80

@@ -150,12 +150,16 @@ def email_markdown() -> MarkdownIt:
 
 
 LONG_WORD = 30  # characters without a space: longer runs get places to break
+# Where a <wbr> goes. premailer's parser (libxml2's, which predates <wbr>) would nest the
+# text after a <wbr> inside it, so the tag is written only after the CSS is inlined.
+WBR_MARK = "\ue000"  # a private-use character: no text means it
 _BREAK_AFTER = frozenset("/.-_?&=,;:#+)]}")
 _BREAK_EVERY = 20  # characters, where no punctuation offers a place sooner
 
 
 def breakable(text: str) -> str:
-    """``text`` as HTML, with every long word made breakable (see :func:`email_markdown`)."""
+    """``text`` as HTML, with every long word made breakable (see :func:`email_markdown`);
+    the places to break are :data:`WBR_MARK` until :func:`inline_css` makes them ``<wbr>``."""
     parts = re.split(r"(\s+)", text)
     return "".join(_long_word(part) if len(part) >= LONG_WORD else html_lib.escape(part, quote=False)
                    for part in parts)
@@ -168,7 +172,7 @@ def _long_word(word: str) -> str:
             pieces.append(word[start:index])
             start = index
     pieces.append(word[start:])
-    inner = "<wbr>".join(html_lib.escape(piece, quote=False) for piece in pieces if piece)
+    inner = WBR_MARK.join(html_lib.escape(piece, quote=False) for piece in pieces if piece)
     return f'<span class="long">{inner}</span>'
 
 
@@ -684,7 +688,7 @@ def inline_css(document: str) -> str:
     ).transform()
     if not inlined.lstrip().lower().startswith("<!doctype"):
         inlined = "<!DOCTYPE html>\n" + inlined
-    return mail_safe(inlined)
+    return mail_safe(inlined.replace(WBR_MARK, "<wbr>"))
 
 
 # premailer copies some CSS into the old presentational attributes (background-color to

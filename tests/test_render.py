@@ -114,6 +114,75 @@ def test_premailer_adds_presentational_attributes_only_where_html_has_them(lette
     assert re.search(r"<code\b[^>]*background-color:#f1efe9", html)  # the CSS stays
 
 
+CLIENT_POST = """\
+---
+title: What the clients keep
+---
+The forecast is a promise.[^promise] See [the table](#the-table) and the deck at
+https://decks.example.com/quarterly-business-review/2026/q4/pipeline-coverage-by-segment.pdf
+or run `pipeline.coverage_by_segment(region="north", quarter="2026-Q4", include_slipped=True)`.
+
+```python
+def coverage(pipeline, quota):
+    return   sum(deal.value for deal in pipeline) / quota  # three spaces kept
+        # https://wiki.example.com/sales/forecasting/how-we-count-coverage-and-why-it-matters
+```
+
+[^promise]: Keep it, or say early that you cannot.
+"""
+
+
+@pytest.fixture
+def client_issue(letter, write):
+    write("issues/2026-12-01-c/issue.md", "---\nsubject: Clients\npreheader: Pre\n---\n")
+    write("issues/2026-12-01-c/01-c.md", CLIENT_POST)
+    return build.render(cfg.load(letter / "newsletter.toml", environ={}), "2026-12-01-c")
+
+
+def test_email_footnotes_are_a_plain_list_without_sections_or_jumps(client_issue):
+    """Outlook for Windows and Yahoo strip <section>; Gmail on iOS and Yahoo do not follow
+    in-page anchors. The web version keeps both."""
+    html = client_issue.html
+    assert "<section" not in html and 'href="#' not in html and "&#8617;" not in html
+    assert re.search(r'<sup class="footnote-ref"[^>]*>1</sup>', html)
+    assert re.search(r'<ol class="footnotes"[^>]*>\s*<li class="footnote-item"[^>]*>\s*<p[^>]*>Keep it, or say early', html)
+    web = client_issue.web_html
+    assert '<section class="footnotes">' in web and 'href="#fn-p1-1"' in web and 'href="#fnref-p1-1"' in web
+    # a writer's own in-page link goes to the same place in the web version
+    assert 'href="https://letter.example.com/archive/2026-12-01-c/#the-table"' in html
+    assert 'href="#the-table"' in web
+
+
+def test_email_code_blocks_wrap_without_pre_and_keep_their_spacing(client_issue):
+    html = client_issue.html
+    body = html.split("</head>", 1)[1]
+    assert "<pre" not in body and "white-space" not in body and "overflow-wrap" not in html
+    block = re.search(r'<div class="code"[^>]*>(.*?)</div>', body, flags=re.S).group(1)
+    lines = block.split("<br>\n")
+    assert lines[0] == "def coverage(pipeline, quota):"
+    assert lines[1].startswith("&#160;&#160;&#160;&#160;return&#160;&#160; sum(deal.value")  # indent and a run of 3
+    assert "<wbr>" in lines[2] and lines[2].replace("<wbr>", "").rstrip().endswith(
+        "https://wiki.example.com/sales/forecasting/how-we-count-coverage-and-why-it-matters</span>")
+    # the plain-text part keeps the code as written
+    assert "        return   sum(deal.value for deal in pipeline) / quota" in client_issue.text
+
+
+def test_long_words_in_the_email_can_break(client_issue):
+    body = client_issue.html.split("</head>", 1)[1]
+    spans = re.findall(r'<span class="long"[^>]*>(.*?)</span>', body)
+    assert any(s.replace("<wbr>", "").startswith("https://decks.example.com/quarterly") for s in spans)
+    assert any("coverage_by_segment" in s.replace("<wbr>", "") for s in spans)  # inline code too
+    assert all("<wbr>" in s for s in spans) and "</wbr>" not in body
+    assert re.search(r'<span class="long" style="[^"]*word-break:break-all', body)  # Outlook for Windows
+    assert "<wbr>" not in client_issue.web_html and "<wbr>" not in client_issue.text
+
+
+def test_breakable_leaves_short_words_and_escapes():
+    assert render.breakable("a <b> & c") == "a &lt;b&gt; &amp; c"
+    long = render.breakable("x" * 45)
+    assert long == '<span class="long">' + render.WBR_MARK.join(["x" * 20, "x" * 20, "x" * 5]) + "</span>"
+
+
 def test_css_is_inlined_and_media_queries_kept_in_one_head_block(letter_issue):
     _, r = letter_issue
     head, body = r.html.split("</head>", 1)

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from ..config import Config, load
-from ..wording import plural
+from ..wording import human_size, plural
 
 __all__ = ["Env", "human_size", "lazy_module", "pass_env", "plural", "show_path"]
 
@@ -37,14 +37,6 @@ class Env:
 
 
 pass_env = click.make_pass_decorator(Env)
-
-
-def human_size(size: int) -> str:
-    if size < 1024:
-        return f"{size} B"
-    if size < 1024 * 1024:
-        return f"{size / 1024:.1f} KB"
-    return f"{size / 1024 / 1024:.1f} MB"
 
 
 def show_path(path: Path) -> str:

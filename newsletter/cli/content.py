@@ -73,6 +73,13 @@ def build(env: Env, issue: str | None) -> None:
     click.echo(f"built {result.rendered.slug}")
     for path in result.files:
         click.echo(f"  {show_path(path):<60} {human_size(path.stat().st_size):>9}")
+    for picture in result.rendered.images:
+        if picture.resized:
+            click.echo(
+                f"  resized {show_path(picture.source)} for email: {picture.original_width:,} to "
+                f"{picture.width:,} px wide, {human_size(picture.original_bytes)} to "
+                f"{human_size(picture.bytes)} (the original is kept)"
+            )
     print_findings(result.findings)
     if has_errors(result.findings):
         raise ChecksFailed("the issue has errors (listed above); fix them before sending")
