@@ -44,6 +44,9 @@ ALLOWED = {
     "css-selector-grouping": STYLE_BLOCK,
     "css-selector-type": STYLE_BLOCK,
     "css-border-radius": "rounded corners on the card, images and code; square in Outlook for Windows",
+    "css-table-layout": "table-layout:fixed keeps a wide table in a post from widening the whole "
+                        "email on phones (it scrolls in its own block); the Outlook apps that "
+                        "ignore it are desktop ones, 600px wide",
     # Harmless where ignored.
     "html-doctype": "standards mode where honoured; Outlook for Windows and Yahoo on Android ignore it",
     "html-body": "clients that drop <body> keep the wrapper table, which repeats its colour and width",
