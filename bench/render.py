@@ -1,9 +1,11 @@
 """How fast is a render? Prints the median time to render the sample issue and a 5,000-word
-issue (Markdown, templates, CSS inlining and text part), and the time of a whole
+issue (Markdown, templates, CSS inlining and text part), an issue with a 4,032 x 3,024 phone
+photo (the first render resizes it, later ones find the copy), and the time of a whole
 `newsletter build` process, start-up included."""
 
 from __future__ import annotations
 
+import random
 import shutil
 import statistics
 import subprocess
@@ -11,6 +13,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from PIL import Image
 
 from newsletter import build
 from newsletter import config as cfg
@@ -32,6 +36,16 @@ def median_ms(fn, runs: int) -> float:
         fn()
         times.append((time.perf_counter() - start) * 1000)
     return statistics.median(times)
+
+
+def _peak_mb(root: Path, slug: str) -> float:
+    """Peak RSS of a fresh process that loads the config and renders ``slug`` once."""
+    script = ("import resource, sys; from newsletter import build, config; "
+              "build.render(config.load(sys.argv[1], environ={}), sys.argv[2]); "
+              "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    out = subprocess.run([sys.executable, "-c", script, str(root / "newsletter.toml"), slug],
+                         check=True, capture_output=True, text=True).stdout
+    return int(out.split()[-1]) / 1024
 
 
 def main() -> None:
@@ -56,6 +70,26 @@ def main() -> None:
         long = median_ms(lambda: build.render(config, "2027-01-05-long-read"), 10)
         print(f"render sample issue (2026-12-01-the-quota-is-not-the-goal): median {sample:.1f} ms")
         print(f"render {total_words:,}-word issue: median {long:.1f} ms")
+
+        photo = root / "issues" / "2027-01-12-the-photo"
+        photo.mkdir()
+        (photo / "issue.md").write_text("---\nsubject: The offsite\npreheader: One photo\n---\n")
+        (photo / "01-photo.md").write_text("---\ntitle: The offsite\n---\nThe team.\n\n"
+                                           "![The team at the offsite](team.jpg)\n")
+        grain = random.Random(5).randbytes(1008 * 756 * 3)  # a photo's grain, then scaled up
+        Image.frombytes("RGB", (1008, 756), grain).resize((4032, 3024)).save(photo / "team.jpg", quality=95)
+        size = (photo / "team.jpg").stat().st_size
+        start = time.perf_counter()
+        first = build.render(config, "2027-01-12-the-photo")
+        first_ms = (time.perf_counter() - start) * 1000
+        again = median_ms(lambda: build.render(config, "2027-01-12-the-photo"), 10)
+        (picture,) = first.images
+        print(f"render an issue with a 4,032 px photo ({size / 1024 / 1024:.1f} MB): first {first_ms:.0f} ms "
+              f"(resized to {picture.width:,} px, {picture.bytes / 1024:.0f} KB), later median {again:.1f} ms")
+        shutil.rmtree(root / ".cache")
+        peaks = {slug: _peak_mb(root, slug) for slug in ("2026-12-01-the-quota-is-not-the-goal", photo.name)}
+        print(f"peak memory of a process rendering the sample issue / the photo issue (resizing): "
+              f"{peaks['2026-12-01-the-quota-is-not-the-goal']:.0f} MB / {peaks[photo.name]:.0f} MB")
 
         exe = Path(sys.executable).with_name("newsletter")
         runs = []

@@ -137,7 +137,8 @@ def _resized(source: Path, picture, kind: str, cache: Path) -> Path:
     """The copy of ``source`` at :data:`LARGEST` px wide, made once and kept in ``cache``."""
     from PIL import ImageOps
 
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:24]
+    with source.open("rb") as original:
+        digest = hashlib.file_digest(original, "sha256").hexdigest()[:24]
     suffix = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp"}[kind]
     target = _cache_folder(cache) / f"{digest}-{LARGEST}-r{RECIPE}{suffix}"
     if target.is_file():
