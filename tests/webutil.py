@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import email
 import email.policy
+import io
 import re
 import textwrap
 from email.message import EmailMessage
 from pathlib import Path
+
+from PIL import Image
 
 from newsletter import campaign as engine
 from newsletter import config as cfg
@@ -20,11 +23,16 @@ from .conftest import BASIC_TOML
 
 SECRET = "web-test-secret"
 ISSUE = "2026-12-01-first"
-PNG = (
-    b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00\x00\x1f"
-    b"\x15\xc4\x89\x00\x00\x00\rIDATx\x9cc\xf8\xff\xff?\x00\x05\xfe\x02\xfe\xa7\x35\x81\x84\x00"
-    b"\x00\x00\x00IEND\xaeB`\x82"
-)
+
+
+def _png() -> bytes:
+    """A real 1 x 1 white PNG (the images are read with Pillow, so they must be sound)."""
+    out = io.BytesIO()
+    Image.new("RGB", (1, 1), "white").save(out, "PNG")
+    return out.getvalue()
+
+
+PNG = _png()
 
 
 def write_letter(root: Path, web: str = "", env: str = "") -> None:
