@@ -370,9 +370,14 @@ def _image_findings(config: Config, rendered: Rendered, error, warning) -> None:
     found = {picture.source: picture for picture in rendered.images}
     done: set[Path] = set()
     for ref in rendered.links:
-        if ref.kind != "image" or ref.html:
+        if ref.kind != "image":
             continue
         where = _at(config, ref.file, ref.line)
+        if ref.html:
+            if not (ref.width or "").strip().isdigit() and urlsplit(ref.url).scheme in ("http", "https"):
+                warning(where, f"image {ref.url!r} has no width attribute, so Outlook for Windows "
+                        f"shows it at full size; add width=\"...\" (at most {images.COLUMN})")
+            continue
         if ref.local is None:
             if urlsplit(ref.url).scheme in ("http", "https"):
                 warning(where, f"image {ref.url!r} is not beside the post, so its width is "

@@ -57,6 +57,7 @@ class LinkRef:
     alt: str | None = None  # for HTML: None when the tag has no alt attribute
     local: Path | None = None  # the file a relative URL points at, when it is one
     html: bool = False  # written as an HTML tag in the post rather than in Markdown
+    width: str | None = None  # an HTML <img>'s own width attribute
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,15 +229,16 @@ class _HtmlRefs(HTMLParser):
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
-        self.found: list[tuple[str, str, str | None, int]] = []  # kind, url, alt, line (1-based)
+        self.found: list[tuple[str, str, str | None, int, str | None]] = []  # kind, url, alt, line, width
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         values = dict(attrs)
         line = self.getpos()[0]
         if tag == "a" and values.get("href") is not None:
-            self.found.append(("link", str(values["href"]), None, line))
+            self.found.append(("link", str(values["href"]), None, line, None))
         elif tag == "img":
-            self.found.append(("image", str(values.get("src") or ""), values.get("alt"), line))
+            self.found.append(("image", str(values.get("src") or ""), values.get("alt"), line,
+                               values.get("width")))
 
     handle_startendtag = handle_starttag
 
@@ -248,8 +250,8 @@ def _html_refs(fragment: str, file: Path, line: int | None) -> list[LinkRef]:
     parser.close()
     return [
         LinkRef(file=file, line=line + offset - 1 if line is not None else None, kind=kind,
-                url=url, alt=alt, html=True)
-        for kind, url, alt, offset in parser.found
+                url=url, alt=alt, html=True, width=width)
+        for kind, url, alt, offset, width in parser.found
     ]
 
 

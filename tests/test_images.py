@@ -204,6 +204,15 @@ def test_a_remote_image_is_flagged_for_its_unknown_width(issue, letter, cli):
            "unknown and Outlook for Windows shows it at full size" in result.output
 
 
+def test_an_html_image_without_a_width_is_flagged(issue, letter, cli):
+    issue('<img src="https://cdn.example.com/team.jpg" alt="The team">',
+          '<img src="https://cdn.example.com/logo.png" alt="Our logo" width="120">')
+    result = cli("check", SLUG)
+    assert "01-post.md line 6: image 'https://cdn.example.com/team.jpg' has no width attribute, so " \
+           "Outlook for Windows shows it at full size; add width=\"...\" (at most 536)" in result.output
+    assert "logo.png' has no width" not in result.output
+
+
 def test_the_sample_issues_images_pass(sample_letter, cli):
     result = cli("check", "2026-12-01-the-quota-is-not-the-goal")
     assert result.exit_code == 0, result.output
