@@ -24,7 +24,7 @@ import os
 import tempfile
 import threading
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 COLUMN = 536  # px: the email's 600 px container less 32 px of padding on each side
@@ -92,39 +92,33 @@ def _inspect(source: Path, size: int, cache: Path) -> Image:
     from PIL import Image as Pil
     from PIL import UnidentifiedImageError
 
+    found = Image(source=source, file=source, bytes=size, original_bytes=size)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Pil.DecompressionBombWarning)
             with Pil.open(source) as picture:
-                kind = picture.format or "unknown"
                 width, height = _oriented_size(picture)
-                animated = bool(getattr(picture, "is_animated", False))
-                if kind not in MAIL_FORMATS and kind not in PARTLY_SHOWN:
-                    return Image(source=source, file=source, format=kind, width=width,
-                                 height=height, bytes=size, original_width=width,
-                                 original_bytes=size,
-                                 problem=f"is a {kind} image, which mail clients do not show; "
-                                 "save it as JPEG or PNG")
-                if width <= LARGEST or animated or kind == "GIF":
+                found = replace(found, format=picture.format or "unknown", width=width, height=height,
+                                original_width=width)
+                if found.format not in MAIL_FORMATS and found.format not in PARTLY_SHOWN:
+                    return replace(found, problem=f"is a {found.format} image, which mail clients "
+                                   "do not show; save it as JPEG or PNG")
+                if width <= LARGEST or getattr(picture, "is_animated", False) or found.format == "GIF":
                     picture.load()  # a damaged file fails here rather than in a reader's inbox
-                    dark = _transparent_dark(picture)
-                    return Image(source=source, file=source, format=kind, width=width,
-                                 height=height, bytes=size, original_width=width,
-                                 original_bytes=size, transparent_dark=dark)
-                copy = _resized(source, picture, kind, cache)
-                with Pil.open(copy) as small:
-                    small_width, small_height = small.size
-                    dark = _transparent_dark(small)
-                return Image(source=source, file=copy, format=kind, width=small_width,
-                             height=small_height, bytes=copy.stat().st_size,
-                             original_width=width, original_bytes=size, transparent_dark=dark)
+                    return replace(found, transparent_dark=_transparent_dark(picture))
+                copy = _resized(source, picture, found.format, cache)
+            with Pil.open(copy) as small:
+                return replace(found, file=copy, width=small.width, height=small.height,
+                               bytes=copy.stat().st_size, transparent_dark=_transparent_dark(small))
     except UnidentifiedImageError:
         problem = "is not an image mail clients can show (JPEG, PNG or GIF); save it as one"
     except Pil.DecompressionBombError as exc:
         problem = f"is too large to read safely ({exc}); make it smaller"
+    except _NoCacheFolder as exc:
+        problem = f"is wider than {LARGEST:,} px and cannot be resized: {exc}"
     except (OSError, ValueError, SyntaxError) as exc:
         problem = f"cannot be read as an image ({exc}); open it and save it again"
-    return Image(source=source, file=source, bytes=size, original_bytes=size, problem=problem)
+    return replace(found, problem=problem)
 
 
 def _oriented_size(picture) -> tuple[int, int]:
@@ -169,16 +163,21 @@ def _resized(source: Path, picture, kind: str, cache: Path) -> Path:
     return target
 
 
+class _NoCacheFolder(Exception):
+    """Neither the newsletter's cache folder nor the temp folder can be written."""
+
+
 def _cache_folder(preferred: Path) -> Path:
     """``preferred`` if it can be written, else a folder of this user's in the temp folder."""
-    for folder in (preferred, Path(tempfile.gettempdir()) / f"newsletter-images-{getattr(os, 'getuid', int)()}"):
+    fallback = Path(tempfile.gettempdir()) / f"newsletter-images-{getattr(os, 'getuid', int)()}"
+    for folder in (preferred, fallback):
         try:
             folder.mkdir(parents=True, exist_ok=True)
             if os.access(folder, os.W_OK):
                 return folder
         except OSError:
             continue
-    raise OSError(f"no folder to keep resized images in: {preferred} cannot be written")
+    raise _NoCacheFolder(f"neither {preferred} nor {fallback} can be written; make {preferred} writable")
 
 
 def _transparent_dark(picture) -> bool:
