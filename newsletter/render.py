@@ -25,6 +25,7 @@ from urllib.parse import unquote, urlsplit
 
 import jinja2
 from markdown_it import MarkdownIt
+from markdown_it.common.utils import escapeHtml
 from markdown_it.token import Token
 from markdown_it.tree import SyntaxTreeNode
 from markupsafe import Markup
@@ -162,8 +163,7 @@ def breakable(text: str) -> str:
     """``text`` as HTML, with every long word made breakable (see :func:`email_markdown`);
     the places to break are :data:`WBR_MARK` until :func:`inline_css` makes them ``<wbr>``."""
     parts = re.split(r"(\s+)", text)
-    return "".join(_long_word(part) if len(part) >= LONG_WORD else html_lib.escape(part, quote=False)
-                   for part in parts)
+    return "".join(_long_word(part) if len(part) >= LONG_WORD else escapeHtml(part) for part in parts)
 
 
 def _long_word(word: str) -> str:
@@ -173,7 +173,7 @@ def _long_word(word: str) -> str:
             pieces.append(word[start:index])
             start = index
     pieces.append(word[start:])
-    inner = WBR_MARK.join(html_lib.escape(piece, quote=False) for piece in pieces if piece)
+    inner = WBR_MARK.join(escapeHtml(piece) for piece in pieces if piece)
     return f'<span class="long">{inner}</span>'
 
 
