@@ -145,8 +145,8 @@ class AssetIndex:
             else:
                 assets = {}
                 for asset in rendered.assets:
-                    inside = http.contained(self.config.root, asset.source)
-                    if inside is not None and asset.path.is_file():
+                    inside = http.contained(self.config.root, asset.source) is not None
+                    if inside and asset.path.is_file():
                         assets[asset.name] = asset.path
             self._cache[slug] = (fingerprint, assets)
             return assets
