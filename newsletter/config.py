@@ -118,6 +118,18 @@ class WebSettings:
     trusted_proxy: str | None = None  # the reverse proxy whose X-Forwarded-* headers are believed
 
 
+FEED_CONTENT = ("full", "summary")
+FEED_AUTO = ("off", "draft", "send")
+
+
+@dataclass(frozen=True, slots=True)
+class FeedSettings:
+    url: str | None = None  # the blog's RSS or Atom feed
+    content: str = "full"  # full: the whole post; summary: the excerpt and a "Read the rest" link
+    auto: str = "off"  # what `tick` does before each slot: off, draft, or send (draft and schedule)
+    lead: dt.timedelta = dt.timedelta(hours=24)  # how long before the slot `tick` drafts
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     path: Path
@@ -128,6 +140,7 @@ class Config:
     preview: PreviewSettings
     web: WebSettings
     env: Mapping[str, str] = field(repr=False)
+    feed: FeedSettings = field(default_factory=FeedSettings)
 
     @property
     def root(self) -> Path:
@@ -407,6 +420,14 @@ def parse_duration(value: Any) -> dt.timedelta:
     return dt.timedelta(**{unit: float(match[1])})
 
 
+def _one_of(choices: tuple[str, ...]) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if not isinstance(value, str) or value.strip().lower() not in choices:
+            raise ValueError(f"must be one of {', '.join(repr(c) for c in choices)}")
+        return value.strip().lower()
+    return check
+
+
 def _positive_number(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         raise ValueError(f"must be a positive number, got {value!r}")
@@ -522,7 +543,7 @@ def mask_url(url: str) -> str:
 def parse(data: Mapping[str, Any], path: Path, env: Mapping[str, str]) -> Config:
     problems: list[str] = []
     root = path.parent
-    known_sections = {"newsletter", "schedule", "provider", "database", "preview", "web"}
+    known_sections = {"newsletter", "schedule", "provider", "database", "preview", "web", "feed"}
     for name in data:
         if name not in known_sections:
             problems.append(
@@ -586,6 +607,15 @@ def parse(data: Mapping[str, Any], path: Path, env: Mapping[str, str]) -> Config
     trusted_proxy = web.get("trusted_proxy", None, _ip_address)
     web.finish()
 
+    fd = _Section("feed", data.get("feed"), problems)
+    feed_url = fd.get("url", None, _url)
+    feed_content = fd.get("content", "full", _one_of(FEED_CONTENT))
+    feed_auto = fd.get("auto", "off", _one_of(FEED_AUTO))
+    feed_lead = fd.get("lead", dt.timedelta(hours=24), parse_duration)
+    if feed_auto != "off" and feed_url is None:
+        fd.problem("auto", f'"{feed_auto}" needs the feed\'s address: add url = "https://…/feed/"')
+    fd.finish()
+
     if problems:
         raise ConfigError(problems, _display_path(path))
 
@@ -627,6 +657,7 @@ def parse(data: Mapping[str, Any], path: Path, env: Mapping[str, str]) -> Config
             trusted_proxy=trusted_proxy,
         ),
         env=env,
+        feed=FeedSettings(url=feed_url, content=feed_content, auto=feed_auto, lead=feed_lead),
     )
 
 

@@ -239,7 +239,7 @@ def _known_keys(doc: Document, known: set[str], *, others_allowed: bool = False)
 
 
 ISSUE_KEYS = {"subject", "preheader", "list", "send_at", "posts"}
-POST_KEYS = {"title", "author", "canonical_url", "summary"}
+POST_KEYS = {"title", "author", "canonical_url", "summary", "date", "source_id"}
 
 
 def load_post(path: Path, default_author: str) -> Post:

@@ -11,8 +11,9 @@ from pathlib import Path
 from .config import CONFIG_NAME, Config
 from .content import ISSUE_FILE, issue_folders, load_issue, slugify
 from .errors import ContentError, NewsletterError
+from .feed import Drafted
 from .render import builtin_templates
-from .schedule import next_free_slot
+from .schedule import next_free_slot, slots
 
 # What `init` and `new` write where the writer's own words belong. The pre-flight checks
 # (newsletter.checks) refuse to send any of it, so none of it can reach a reader.
@@ -156,3 +157,33 @@ def new_issue(config: Config, title: str, now: dt.datetime | None = None,
         encoding="utf-8",
     )
     return NewIssue(folder=folder, files=[issue_md, post], slot=slot)
+
+
+@dataclass(frozen=True, slots=True)
+class FeedIssue:
+    slot: dt.datetime
+    drafted: Drafted
+
+
+def new_issue_from_feed(config: Config, url: str | None = None, *, since: dt.datetime | None = None,
+                        date: dt.date | None = None, download_images: bool = False,
+                        now: dt.datetime | None = None) -> FeedIssue:
+    """Draft the next free slot's issue from the feed's posts that are in no issue yet,
+    published since ``since`` (default: the previous slot)."""
+    from .feed import FeedError, draft
+
+    url = url or config.feed.url
+    if not url:
+        raise FeedError(
+            f"{config.path.name}: no feed to draft from; add [feed] url = \"https://…/feed/\" "
+            "or give one: `newsletter new --from-feed URL`"
+        )
+    now = now or dt.datetime.now(dt.UTC)
+    if date is None:
+        slot = next_free_slot(config, taken_days(config), now)
+    else:
+        slot = dt.datetime.combine(date, config.schedule.time, tzinfo=config.newsletter.timezone)
+    if since is None:
+        since = next(slots(config, now - dt.timedelta(days=7)))
+    return FeedIssue(slot=slot, drafted=draft(config, url, slot, since,
+                                              download_images=download_images))

@@ -46,18 +46,65 @@ def init(folder: Path, name: str | None, author: str, address: str, timezone: st
 
 
 @click.command()
-@click.argument("title")
+@click.argument("title", required=False)
 @click.option("--date", type=click.DateTime(["%Y-%m-%d"]), help="Date the issue to this day "
               "instead of the next free weekly slot.")
+@click.option("--from-feed", "feed_url", is_flag=False, flag_value="", default=None,
+              metavar="[URL]", help="Draft the issue from the blog's feed ([feed] url, or URL): "
+              "one post per entry not yet in any issue.")
+@click.option("--since", type=click.DateTime(["%Y-%m-%d"]), help="With --from-feed: posts "
+              "published on or after this day (default: since the previous slot).")
+@click.option("--download-images", is_flag=True, help="With --from-feed: fetch the posts' "
+              "images and keep them beside the posts instead of linking to the blog.")
 @pass_env
-def new(env: Env, title: str, date: dt.datetime | None) -> None:
-    """Create the next issue, dated to the next free weekly slot, with a post stub."""
-    from ..scaffold import new_issue
+def new(env: Env, title: str | None, date: dt.datetime | None, feed_url: str | None,
+        since: dt.datetime | None, download_images: bool) -> None:
+    """Create the next issue, dated to the next free weekly slot, with a post stub.
 
-    made = new_issue(env.config, title, date=date.date() if date else None)
-    click.echo(f"created {show_path(made.folder)}/ for {made.slot:%A %d %B %Y, %H:%M %Z}")
-    for path in made.files:
+    With --from-feed, the issue is drafted from the blog's RSS or Atom feed instead: each
+    post published since the previous slot and not yet in any issue becomes a post file to
+    edit before it goes out. A post already in an issue is never drafted again.
+    """
+    from ..scaffold import new_issue, new_issue_from_feed
+
+    day = date.date() if date else None
+    if feed_url is None:
+        if since or download_images:
+            raise click.UsageError("--since and --download-images go with --from-feed")
+        if not title:
+            raise click.UsageError("give the issue's title, e.g. newsletter new \"Listen first\", "
+                                   "or draft it with --from-feed")
+        made = new_issue(env.config, title, date=day)
+        click.echo(f"created {show_path(made.folder)}/ for {made.slot:%A %d %B %Y, %H:%M %Z}")
+        for path in made.files:
+            click.echo(f"  {show_path(path)}")
+        return
+    if title:
+        raise click.UsageError("with --from-feed the title is the newest post's; leave TITLE out "
+                               "(a feed URL goes after --from-feed)")
+    from ..feed import summary
+
+    tz = env.config.newsletter.timezone
+    start = since.replace(tzinfo=tz) if since else None
+    made = new_issue_from_feed(env.config, feed_url or None, since=start, date=day,
+                               download_images=download_images)
+    drafted = made.drafted
+    if drafted.feed.moved_to:
+        click.echo(f"note: the feed moved permanently to {drafted.feed.moved_to}; "
+                   "update [feed] url in newsletter.toml", err=True)
+    if drafted.feed.duplicates:
+        click.echo(f"note: the feed lists {plural(drafted.feed.duplicates, 'entry', 'entries')} twice "
+                   "(same id); each is drafted once", err=True)
+    click.echo(summary(drafted, env.config))
+    if drafted.folder is None:
+        return
+    click.echo(f"  for {made.slot:%A %d %B %Y, %H:%M %Z}")
+    for path in drafted.files:
         click.echo(f"  {show_path(path)}")
+    if drafted.sign_offs:
+        click.echo(f"  dropped the closing \"{env.config.newsletter.sign_off}\" from "
+                   f"{plural(drafted.sign_offs, 'post')}: the email closes with it")
+    click.echo(f"Next: read and edit the posts, then `newsletter preview {drafted.folder.name}`.")
 
 
 @click.command()
