@@ -759,7 +759,7 @@ class TickEvent:
 @dataclass
 class TickReport:
     now: dt.datetime
-    events: list[TickEvent] = field(default_factory=list)
+    events: list[TickEvent | FeedEvent] = field(default_factory=list)
     interrupted: str | None = None  # "interrupted" / "terminated" when a signal stopped a run
     next_up: tuple[str, dt.datetime] | None = None  # the next issue to go out, and when
 
@@ -781,7 +781,8 @@ def tick(config: Config, store: Store, now: dt.datetime, *,
          provider_factory: ProviderFactory | None = None,
          should_stop: Callable[[], bool] = lambda: False,
          **send_options: Any) -> TickReport:
-    """Send every due issue whose campaign has not finished, then return what happened.
+    """Draft the coming slot's issue from the blog's feed when ``[feed] auto`` says so, send
+    every due issue whose campaign has not finished, then return what happened.
 
     Each issue goes to its ``list:`` (else the default list). A new one is sent only when its
     time is at most ``[schedule] grace`` ago and it passes the pre-flight checks; an
@@ -790,6 +791,10 @@ def tick(config: Config, store: Store, now: dt.datetime, *,
     now = now.astimezone(dt.UTC)
     report = TickReport(now=now)
     plan = scan(config)
+    drafted = draft_from_feed(config, store, now, plan)
+    if drafted is not None:
+        report.events.append(drafted)
+        plan = scan(config)
     camps = campaign_states(store)
     for planned in due(config, plan, now):
         if should_stop():
@@ -865,6 +870,115 @@ def _tick_one(config: Config, store: Store, planned: Planned, campaign: Campaign
         report.interrupted = result.stopped_reason
     return outcome("stopped", f"stopped after {c.done:,} of {c.total:,} ({result.stopped_reason}); "
                               "the next tick resumes it")
+
+
+# ---------------------------------------------------------------------------------------------
+# Tick: draft the coming slot's issue from the blog's feed ([feed] auto)
+
+FEED_RETRY = dt.timedelta(hours=1)  # a slot with no new post, or a failed fetch, is tried again
+FEED_STALE = dt.timedelta(minutes=15)  # a drafting claim this old was left by a tick that died
+
+
+@dataclass(frozen=True, slots=True)
+class FeedEvent:
+    """What a tick did about the blog's feed for the coming slot: drafted, nothing (no new
+    post) or failed (the feed could not be read; ``detail`` says why)."""
+
+    slot: dt.datetime
+    outcome: str
+    detail: str
+    new: bool = True  # False when an earlier tick reported the same
+
+    @property
+    def problem(self) -> bool:
+        return self.outcome == "failed"
+
+    def __str__(self) -> str:
+        return f"feed → {self.slot:%a %d %b %H:%M}: {self.detail}"
+
+
+def draft_from_feed(config: Config, store: Store, now: dt.datetime,
+                    plan: list[Planned]) -> FeedEvent | None:
+    """With ``[feed] auto`` on, draft the coming slot's issue once ``[feed] lead`` before it,
+    unless an issue already has the slot's day; with ``auto = "send"`` it is scheduled for
+    the slot too. However many ticks run at once, one drafts: the slot's row in
+    ``feed_drafts`` is the claim."""
+    feed = config.feed
+    if feed.auto == "off" or not feed.url:
+        return None
+    tz = config.newsletter.timezone
+    slot = next(slots(config, now))
+    if now < slot - feed.lead or any(p.date == slot.date() for p in plan):
+        return None
+    previous = _claim_feed_slot(store, slot, now)
+    if previous is None:
+        return None  # drafted already, looked at within the hour, or another tick has it
+    from .feed import draft, summary
+
+    since = next(slots(config, slot - dt.timedelta(days=8))) - feed.lead
+    send = feed.auto == "send"
+    folder = ""
+    try:
+        result = draft(config, feed.url, slot, since,
+                       send_at=send_at_text(slot, tz) if send else None)
+    except NewsletterError as exc:
+        outcome, detail = "failed", f"{exc}; the next tick tries again within the hour"
+    except BaseException:
+        _settle_feed_slot(store, slot, "failed", "", "the drafting tick stopped", now, previous)
+        raise
+    else:
+        if result.folder is None:
+            outcome = "nothing"
+            detail = summary(result, config) + ("; nothing goes out" if send else "; nothing drafted")
+        else:
+            outcome, folder = "drafted", result.folder.name
+            detail = summary(result, config) + (
+                f"; scheduled for {show_time(slot, tz)}" if send
+                else f"; read it, then `newsletter schedule {folder}`")
+    new = _settle_feed_slot(store, slot, outcome, folder, detail, now, previous)
+    return FeedEvent(slot, outcome, detail, new=new)
+
+
+def _claim_feed_slot(store: Store, slot: dt.datetime, now: dt.datetime) -> tuple[str, str] | None:
+    """Mark ``slot`` as being drafted by this tick; the (outcome, detail) kept before, or None
+    when this tick is not the one to draft it."""
+    from sqlalchemy import select, update
+
+    from .store.schema import feed_drafts as t
+
+    with store.write() as conn:
+        row = conn.execute(select(t.c.outcome, t.c.detail, t.c.updated_at)
+                           .where(t.c.slot == slot).with_for_update()).first()
+        if row is None:
+            claim = _insert(conn.dialect.name)(t).values(
+                slot=slot, outcome="drafting", first_seen=now, updated_at=now)
+            taken = conn.execute(claim.on_conflict_do_nothing(index_elements=[t.c.slot])).rowcount
+            return ("", "") if taken == 1 else None
+        wait = FEED_STALE if row.outcome == "drafting" else FEED_RETRY
+        if row.outcome == "drafted" or now - row.updated_at < wait:
+            return None
+        taken = conn.execute(
+            update(t).where(t.c.slot == slot, t.c.outcome == row.outcome,
+                            t.c.updated_at == row.updated_at)
+            .values(outcome="drafting", updated_at=now)
+        ).rowcount
+        return (row.outcome, row.detail) if taken == 1 else None
+
+
+def _settle_feed_slot(store: Store, slot: dt.datetime, outcome: str, folder: str, detail: str,
+                      now: dt.datetime, previous: tuple[str, str]) -> bool:
+    """Keep what came of drafting ``slot``; True when it differs from what was kept before."""
+    from sqlalchemy import update
+
+    from .store.schema import feed_drafts as t
+
+    new = previous != (outcome, detail)
+    values = {"outcome": outcome, "issue": folder, "detail": detail, "updated_at": now}
+    if new:
+        values["first_seen"] = now
+    with store.write() as conn:
+        conn.execute(update(t).where(t.c.slot == slot).values(**values))
+    return new
 
 
 def _ready_to_send(config: Config, store: Store, list_name: str) -> None:

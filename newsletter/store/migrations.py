@@ -268,6 +268,23 @@ def _v6_webhook_tokens(conn: Connection) -> None:
     md.create_all(conn)
 
 
+def _v7_feed_drafts(conn: Connection) -> None:
+    """What `tick` did about the blog's feed for each slot, and its claim on drafting it."""
+    md = MetaData(naming_convention=NAMING)
+    Table(
+        "feed_drafts",
+        md,
+        Column("slot", UtcDateTime, primary_key=True),
+        Column("outcome", String(16), nullable=False),
+        Column("issue", String(200), nullable=False, server_default=""),
+        Column("detail", Text, nullable=False, server_default=""),
+        Column("first_seen", UtcDateTime, nullable=False),
+        Column("updated_at", UtcDateTime, nullable=False),
+        CheckConstraint("outcome IN ('drafting', 'drafted', 'nothing', 'failed')", name="outcome"),
+    )
+    md.create_all(conn)
+
+
 STEPS: tuple[Step, ...] = (
     Step(1, "lists, subscribers, memberships, suppressions", _v1_initial),
     Step(2, "campaigns, deliveries, events", _v2_campaigns),
@@ -275,6 +292,7 @@ STEPS: tuple[Step, ...] = (
     Step(4, "schedule outcomes", _v4_schedule_outcomes),
     Step(5, "campaign workers and fenced claims", _v5_campaign_workers),
     Step(6, "webhook signature tokens already used", _v6_webhook_tokens),
+    Step(7, "what tick drafted from the blog's feed", _v7_feed_drafts),
 )
 
 LATEST = STEPS[-1].version

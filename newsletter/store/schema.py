@@ -273,6 +273,22 @@ schedule_outcomes = Table(
     UniqueConstraint("issue", name="uq_schedule_outcomes_issue"),
 )
 
+FEED_DRAFT_OUTCOMES = ("drafting", "drafted", "nothing", "failed")
+
+# What `tick` did about the blog's feed for each weekly slot ([feed] auto): the row is the
+# claim that makes one tick, of any number running at once, draft the slot's issue.
+feed_drafts = Table(
+    "feed_drafts",
+    metadata,
+    Column("slot", UtcDateTime, primary_key=True),
+    Column("outcome", String(16), nullable=False),
+    Column("issue", String(200), nullable=False, server_default=""),  # the folder drafted
+    Column("detail", Text, nullable=False, server_default=""),
+    Column("first_seen", UtcDateTime, nullable=False),  # since when this outcome holds
+    Column("updated_at", UtcDateTime, nullable=False),
+    CheckConstraint(_one_of("outcome", FEED_DRAFT_OUTCOMES), name="outcome"),
+)
+
 # Names of the tables this release creates, for spotting a database that belongs to
 # something else.
 TABLE_NAMES = tuple(metadata.tables)
