@@ -28,16 +28,38 @@ echo "== 3. Send it through the outbox provider"
 echo
 "$BIN/newsletter" status
 echo
+echo "== 4. Draft the next issue from the blog's feed (samples/blog-feed.xml, served on 127.0.0.1)"
+"$BIN/python" - "$REPO/samples" > feed-server.port <<'PY' &
+import functools, http.server, sys
+handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=sys.argv[1])
+handler.func.log_message = lambda *args: None
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+print(server.server_port, flush=True)
+server.serve_forever()
+PY
+feed_server=$!
+trap 'kill $feed_server 2>/dev/null || true' EXIT
+for _ in $(seq 50); do [ -s feed-server.port ] && break; sleep 0.1; done
+feed_url="http://127.0.0.1:$(cat feed-server.port)/blog-feed.xml"
+"$BIN/newsletter" new --from-feed "$feed_url" --since 2026-11-01
+echo "-- running it again drafts nothing: every post is in an issue now"
+"$BIN/newsletter" new --from-feed "$feed_url" --since 2026-11-01
+kill $feed_server 2>/dev/null || true
+rm -f feed-server.port
+drafted=$(ls -d issues/*/ | sort | tail -1)
+echo
 issue=$(ls -d dist/*/ | sort | tail -1)
 echo "Where to look:"
 echo "  .demo/${issue}preview.html     the email as a reader sees it (open it in a browser)"
 echo "  .demo/${issue}email.txt        the plain-text part"
 echo "  .demo/outbox/                  one .eml file per reader; open any in a mail client"
 ls "$DEMO"/outbox/*/ | head -3 | sed 's/^/    /'
+echo "  .demo/${drafted}          the issue drafted from the feed, ready to edit"
 echo
 echo "What to run next, in a fresh shell:"
 echo "  cd $REPO"
 echo "  .venv/bin/newsletter preview                  the live preview of this repository's issues"
 echo "  (cd .demo && ../.venv/bin/newsletter status)  the demo campaign's figures"
+echo "  (cd .demo && ../.venv/bin/newsletter preview)  the drafted issue in your browser"
 echo "  .venv/bin/newsletter --help                   every command"
 echo "  pipx install .                                the command for everyday use (see the README)"
