@@ -366,6 +366,13 @@ def _url(value: Any) -> str:
     return text.rstrip("/")
 
 
+def _feed_url(value: Any) -> str:
+    """A feed's address exactly as given: /feed/ and /feed are different resources."""
+    text = _text(value)
+    _url(text)
+    return text
+
+
 def _language(value: Any) -> str:
     text = _text(value)
     if not re.fullmatch(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*", text):
@@ -608,7 +615,7 @@ def parse(data: Mapping[str, Any], path: Path, env: Mapping[str, str]) -> Config
     web.finish()
 
     fd = _Section("feed", data.get("feed"), problems)
-    feed_url = fd.get("url", None, _url)
+    feed_url = fd.get("url", None, _feed_url)
     feed_content = fd.get("content", "full", _one_of(FEED_CONTENT))
     feed_auto = fd.get("auto", "off", _one_of(FEED_AUTO))
     feed_lead = fd.get("lead", dt.timedelta(hours=24), parse_duration)

@@ -952,8 +952,9 @@ def _claim_feed_slot(store: Store, slot: dt.datetime, now: dt.datetime) -> tuple
         if row is None:
             claim = _insert(conn.dialect.name)(t).values(
                 slot=slot, outcome="drafting", first_seen=now, updated_at=now)
-            taken = conn.execute(claim.on_conflict_do_nothing(index_elements=[t.c.slot])).rowcount
-            return ("", "") if taken == 1 else None
+            taken = conn.execute(claim.on_conflict_do_nothing(index_elements=[t.c.slot])
+                                 .returning(t.c.slot)).first()
+            return ("", "") if taken is not None else None
         wait = FEED_STALE if row.outcome == "drafting" else FEED_RETRY
         if row.outcome == "drafted" or now - row.updated_at < wait:
             return None

@@ -96,6 +96,15 @@ def sample_letter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+@pytest.fixture
+def feed_server():
+    """A local HTTP server for feeds, with routes set per test (tests/feedserver.py)."""
+    from tests.feedserver import FeedServer
+
+    with FeedServer() as server:
+        yield server
+
+
 # --- store fixtures ---
 
 POSTGRES_SKIP = (

@@ -162,6 +162,8 @@ def calendar(env: Env, weeks: int, now: str | None) -> None:
 def tick(env: Env, now: str | None, verbose: bool) -> None:
     """Send every issue that is due, then exit.
 
+    With [feed] auto = "draft" or "send", first draft the coming slot's issue from the
+    blog's feed ([feed] lead before the slot, when no issue has that day).
     Safe to run from cron every minute. Due: send_at has passed and the issue's campaign has
     not finished. A campaign is started only within [schedule] grace of send_at (later, the
     slot is reported as missed); an interrupted one is resumed. An issue that fails its pre-flight
