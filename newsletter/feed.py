@@ -24,7 +24,7 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -54,6 +54,7 @@ CONTENT_DROPPED = {
 }
 ALLOWED_ATTRIBUTES = {"a": {"href", "title"}, "img": {"src", "alt", "title", "width", "height"}}
 URL_SCHEMES = {"http", "https", "mailto"}
+FEED_TYPES = {"application/rss+xml", "application/atom+xml", "application/rdf+xml"}
 IMAGE_TYPES = {"image/jpeg": ".jpg", "image/png": ".png", "image/gif": ".gif", "image/webp": ".webp"}
 
 
@@ -164,7 +165,7 @@ def fetch(config: Config, url: str, *, timeout: float = TIMEOUT) -> Feed:
             status = response.status_code
             final_url = response.url
             moved = any(r.status_code in (301, 308) for r in response.history)
-            answer = {"content-type": response.headers.get("Content-Type", "")}
+            content_type = response.headers.get("Content-Type", "")
             validators = {k: response.headers[h] for k, h in
                           (("etag", "ETag"), ("last_modified", "Last-Modified"))
                           if response.headers.get(h)}
@@ -193,20 +194,11 @@ def fetch(config: Config, url: str, *, timeout: float = TIMEOUT) -> Feed:
                            else "check the URL and whether the feed is public"))
     elif status != 200:
         raise FeedError(f"{where}: answered {status}, not a feed")
-    feed = parse(body, url, answer["content-type"])
+    feed = parse(body, url, content_type)
     if status == 200:
         cache.save(validators, body)
-    if moved and final_url != url:
-        feed = _replace(feed, moved_to=final_url)
-    if status == 304:
-        feed = _replace(feed, not_modified=True)
-    return feed
-
-
-def _replace(feed: Feed, **changes: Any) -> Feed:
-    from dataclasses import replace
-
-    return replace(feed, **changes)
+    return replace(feed, moved_to=final_url if moved and final_url != url else None,
+                   not_modified=status == 304)
 
 
 def _read_capped(response: Any, where: str) -> bytes:
@@ -238,10 +230,14 @@ def parse(body: bytes, url: str, content_type: str = "") -> Feed:
     parsed = feedparser.parse(body, sanitize_html=False, resolve_relative_uris=False,
                               response_headers={"content-type": content_type or "application/xml"})
     if not parsed.version:
-        start = body[:200].decode("utf-8", "replace").strip().lower()
-        looks = "an HTML page" if "<html" in start or "<!doctype html" in start else "not RSS or Atom"
-        raise FeedError(f"{where}: is {looks}, not a feed; give the feed's own address "
-                        "(often /feed/, /rss.xml, /atom.xml or /index.xml)")
+        start = body[:1000].decode("utf-8", "replace").lower()
+        if "<html" not in start and "<!doctype html" not in start:
+            raise FeedError(f"{where}: is not an RSS or Atom feed; give the feed's own address "
+                            "(often /feed/, /rss.xml, /atom.xml or /index.xml)")
+        found = _advertised_feed(body.decode("utf-8", "replace"), url)
+        hint = (f"the page names its feed: {found}" if found else
+                "give the feed's own address (often /feed/, /rss.xml, /atom.xml or /index.xml)")
+        raise FeedError(f"{where}: is an HTML page, not a feed; {hint}")
     entries: list[Entry] = []
     seen: set[str] = set()
     duplicates = 0
@@ -261,6 +257,23 @@ def parse(body: bytes, url: str, content_type: str = "") -> Feed:
 # What blog engines append to an excerpt: "[…]", "Continue reading →", "Read more".
 _READ_MORE = re.compile(r"\s*(\[(…|\.\.\.|&hellip;)\]|continue reading.*|read more.*|"
                         r"the post .* appeared first on .*)$", re.IGNORECASE)
+
+
+def _advertised_feed(page: str, url: str) -> str | None:
+    """The feed a web page points to with ``<link rel="alternate" type="application/rss+xml">``."""
+    from html.parser import HTMLParser
+
+    found: list[str] = []
+
+    class Links(HTMLParser):
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            a = {k: v or "" for k, v in attrs}
+            if (tag == "link" and "alternate" in a.get("rel", "").lower().split()
+                    and a.get("type", "").lower() in FEED_TYPES and a.get("href")):
+                found.append(urljoin(url, a["href"]))
+
+    Links().feed(page)
+    return found[0] if found else None
 
 
 def _entry(raw: Any, feed: Any) -> Entry | None:
@@ -433,8 +446,7 @@ def draft(config: Config, url: str, slot: dt.datetime, since: dt.datetime | None
     lead = entries[0]
     folder = config.issues_dir / f"{slot.date().isoformat()}-{slugify(lead.title)}"
     if folder.exists():
-        raise FeedError(f"{folder} already exists; move it or draft with `newsletter new --from-feed` "
-                        "after choosing another slot with --date")
+        raise FeedError(f"{folder} already exists; draft the issue for another day with --date")
     config.cache_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="draft-", dir=config.cache_dir))
     try:
@@ -465,11 +477,11 @@ def _write_posts(config: Config, work: Path, entries: list[Entry], mode: str,
     taken: set[str] = set()
     images = sign_offs = 0
     for number, entry in enumerate(entries, start=1):
-        body = to_markdown(entry.html)
-        body, dropped = drop_sign_off(body, config.newsletter.sign_off)
-        sign_offs += dropped
         if mode == "summary" and entry.full:
             body = to_markdown(f"<p>{html.escape(_shorten(entry.summary, 400))}</p>")
+        else:
+            body, dropped = drop_sign_off(to_markdown(entry.html), config.newsletter.sign_off)
+            sign_offs += dropped
         if (mode == "summary" or not entry.full) and entry.link:
             body = body.rstrip() + f"\n\n[Read the rest]({entry.link})\n"
         if download_images:

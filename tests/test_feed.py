@@ -255,9 +255,12 @@ def test_a_permanent_redirect_is_followed_and_reported(letter, feed_server, cli)
     (lambda s: s.status("/feed", 410), "answered 410 Gone"),
     (lambda s: s.status("/feed", 500), "answered 500; the blog's server failed, try again later"),
     (lambda s: s.status("/feed", 503), "answered 503"),
-    (lambda s: s.serve_file("/feed", "not-a-feed.html"), "is an HTML page, not a feed"),
+    (lambda s: s.serve_file("/feed", "not-a-feed.html"),
+     "is an HTML page, not a feed; the page names its feed: https://blog.example.com/feed/"),
+    (lambda s: s.serve("/feed", "<!doctype html><title>Blog</title><p>Hi</p>", content_type="text/html"),
+     "is an HTML page, not a feed; give the feed's own address (often /feed/"),
     (lambda s: s.serve("/feed", b"\x00\x01 not xml at all", content_type="application/xml"),
-     "not a feed"),
+     "is not an RSS or Atom feed; give the feed's own address"),
 ])
 def test_a_feed_that_fails_is_one_line_naming_the_url(letter, feed_server, setup, expected):
     setup(feed_server)
@@ -323,3 +326,21 @@ def run_cli(letter: Path, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
     return subprocess.run([sys.executable, "-m", "newsletter", *args], cwd=letter, env=env,
                           capture_output=True, text=True, timeout=60)
+
+
+def test_an_atom_entry_edited_later_is_not_drafted_again(letter, feed_server, cli):
+    original = (FEEDS / "blogger.xml").read_text(encoding="utf-8")
+    feed_server.serve("/atom.xml", original, content_type="application/atom+xml")
+    use_feed(letter, feed_server.url("/atom.xml"))
+    assert cli("new", "--from-feed", "--since", "2026-11-01").exit_code == 0
+    edited = original.replace(
+        "<updated>2026-11-19T09:41:07.215-08:00</updated><category scheme",
+        "<updated>2026-11-28T10:00:00.000-08:00</updated><category scheme", 1,
+    ).replace("It is almost never price.", "It is almost never price. (Edited: a reader asked.)")
+    assert edited != original and edited.count("2026-11-28T10:00") == 1
+    feed_server.serve("/atom.xml", edited, content_type="application/atom+xml")
+    result = cli("new", "--from-feed", "--since", "2026-11-01")
+    assert result.exit_code == 0
+    assert "no new posts in" in result.output
+    assert len(drafted_folders(letter)) == 1
+    assert feed_server.requests[-1].headers.get("if-none-match"), "asked with the old ETag"
