@@ -190,3 +190,13 @@ def test_two_ticks_at_once_draft_the_slot_once(auto, letter, feed_server):
     assert len(drafted) == 1, outputs
     assert len(issue_folders(letter)) == 1
     assert sum(1 for r in feed_server.requests if r.path == "/feed/") == 1
+
+
+def test_calendar_says_when_the_feed_drafts_an_empty_week(letter, feed_server, cli):
+    configure(letter, feed_server.url("/feed/"), "send", 'lead = "12h"\n')
+    result = cli("calendar", "--weeks", "2", "--now", "2026-11-20T10:00:00+01:00")
+    assert result.exit_code == 0
+    assert ("Tue 2026-11-24 09:00 CET  — empty: `tick` drafts and schedules it from the feed "
+            "Mon 23 Nov 21:00 if there are new posts") in result.output
+    assert "`newsletter new --from-feed` drafts it from the blog's feed" in result.output
+    assert feed_server.requests == [], "the calendar only reads"

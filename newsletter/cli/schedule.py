@@ -132,6 +132,12 @@ def calendar(env: Env, weeks: int, now: str | None) -> None:
             stamp = f"{when:%a %Y-%m-%d} {'off-cycle':>9}"
             if row.entries and row.entries[0].send_at is not None:
                 stamp = f"{when:%a %Y-%m-%d %H:%M %Z}"
+        if row.empty and config.feed.auto != "off" and row.on_cadence:
+            verb = "drafts and schedules" if config.feed.auto == "send" else "drafts"
+            drafts = (row.when - config.feed.lead).astimezone(tz)
+            click.echo(f"  {stamp}  — empty: `tick` {verb} it from the feed "
+                       f"{drafts:%a %d %b %H:%M} if there are new posts")
+            continue
         if row.empty:
             click.echo(f"  {stamp}  " + click.style("— empty: nothing planned", fg="red"))
             continue
@@ -149,8 +155,10 @@ def calendar(env: Env, weeks: int, now: str | None) -> None:
         click.echo("")
         span = (f"the next {'week' if weeks == 1 else plural(weeks, 'week')}" if cal.empty_weeks == weeks
                 else f"{cal.empty_weeks} of the next {plural(weeks, 'week')}")
-        click.echo(f"nothing planned in {span}; "
-                   "`newsletter new \"Title\"` starts an issue for the next free one.")
+        start = "`newsletter new \"Title\"` starts an issue for the next free one"
+        if config.feed.url:
+            start += " (`newsletter new --from-feed` drafts it from the blog's feed)"
+        click.echo(f"nothing planned in {span}; {start}.")
 
 
 @click.command()
