@@ -142,6 +142,31 @@ def test_a_database_made_by_the_first_step_alone_upgrades_in_place(db_url):
         store.close()
 
 
+def test_a_version_6_database_gains_the_feed_drafts_table(db_url):
+    """Step 7: one row per weekly slot that `tick` drafted (or tried to) from the feed."""
+    from sqlalchemy import create_engine
+
+    engine = create_engine(_driver_url(db_url))
+    with engine.begin() as conn:
+        assert migrations.upgrade(conn, "test", target=6) == [1, 2, 3, 4, 5, 6]
+        assert "feed_drafts" not in inspect(conn).get_table_names()
+    engine.dispose()
+    store = open_store(db_url)
+    try:
+        assert _version_rows(store)[-1] == 7
+        now = dt.datetime.now(dt.UTC)
+        row = dict(slot=now, outcome="drafting", first_seen=now, updated_at=now)
+        with store.write() as conn:
+            conn.execute(insert(schema.feed_drafts).values(**row))
+        with pytest.raises(StoreError, match="conflicted"), store.write() as conn:
+            conn.execute(insert(schema.feed_drafts).values(**row))
+        with pytest.raises(StoreError), store.write() as conn:
+            conn.execute(insert(schema.feed_drafts).values(
+                **{**row, "slot": now + dt.timedelta(days=7), "outcome": "maybe"}))
+    finally:
+        store.close()
+
+
 def test_a_version_5_database_gains_the_webhook_token_table(db_url):
     """Step 6: the tokens webhooks have used, one row per provider and token."""
     from sqlalchemy import create_engine
@@ -153,7 +178,7 @@ def test_a_version_5_database_gains_the_webhook_token_table(db_url):
     engine.dispose()
     store = open_store(db_url)
     try:
-        assert _version_rows(store) == [1, 2, 3, 4, 5, 6]
+        assert _version_rows(store) == list(range(1, migrations.LATEST + 1))
         now = dt.datetime.now(dt.UTC)
         row = dict(provider="mailgun", token="t" * 50, signed_at=now)
         with store.write() as conn:
