@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     Connection,
@@ -54,7 +54,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from .checks import has_errors, run_checks
 from .config import Config
 from .errors import NewsletterError
 from .message import (
@@ -76,7 +75,6 @@ from .providers import (
     UnknownOutcome,
     get_provider,
 )
-from .render import Rendered
 from .store import BulkUpdate, Store
 from .store.schema import (
     campaign_workers,
@@ -91,6 +89,9 @@ from .store.schema import subscribers as subscribers_t
 from .subscribers import audience_select
 from .subscribers import list_id as resolve_list_id
 from .tokens import Signer, sign
+
+if TYPE_CHECKING:
+    from .render import Rendered
 
 LEASE_SECONDS = 30  # a worker not heard from for this long is taken for dead
 HEARTBEAT_EVERY = 3.0  # seconds between lease renewals (which also notice a cancel)
@@ -1104,10 +1105,11 @@ def send_proofs(config: Config, rendered: Rendered) -> str:
 
 def preflight(config: Config, rendered: Rendered) -> list:
     """The checks; raises when any error-level check fails."""
+    from .checks import has_errors, run_checks
+    from .errors import ChecksFailed
+
     findings = run_checks(config, rendered)
     if has_errors(findings):
-        from .errors import ChecksFailed
-
         first = next(f for f in findings if f.level == "error")
         raise ChecksFailed(
             f"{rendered.slug} fails its pre-flight checks ({first}); run `newsletter check "

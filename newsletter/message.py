@@ -19,11 +19,15 @@ from email.headerregistry import Address as HeaderAddress
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime, formataddr, make_msgid
+from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit
 
 from .config import Config
 from .errors import NewsletterError
-from .render import PLACEHOLDER_RE, Rendered
+from .placeholders import PLACEHOLDER_RE
+
+if TYPE_CHECKING:
+    from .render import Rendered
 
 
 class HeaderInjection(NewsletterError):

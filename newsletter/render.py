@@ -35,13 +35,7 @@ from . import images
 from .config import Config
 from .content import Issue
 from .errors import TemplateError
-
-# Per-recipient fields, as they appear in the rendered HTML and text. The marker survives
-# CSS inlining and HTML escaping unchanged and cannot be produced by Markdown by accident.
-FIELDS = ("name", "email", "unsubscribe_url", "web_url")
-PLACEHOLDER = "[[nl:{}]]"
-PLACEHOLDERS = {name: PLACEHOLDER.format(name) for name in FIELDS}
-PLACEHOLDER_RE = re.compile(r"\[\[nl:(" + "|".join(FIELDS) + r")\]\]")
+from .placeholders import FIELDS, PLACEHOLDER, PLACEHOLDER_RE, PLACEHOLDERS  # noqa: F401
 
 TEXT_WIDTH = 72
 SAFE_SCHEMES = ("http", "https", "mailto", "tel")

@@ -29,7 +29,7 @@ from typing import ClassVar, Literal
 from ..config import Config
 from ..errors import ConfigError, ProviderError
 from ..message import HeaderInjection, MessageTemplate, Recipient
-from ..render import PLACEHOLDER_RE
+from ..placeholders import PLACEHOLDER_RE
 
 # sent: accepted by the service; failed: refused for good (reason says why); retry: refused
 # for now, try again later; unknown: the call died after the message may have left.

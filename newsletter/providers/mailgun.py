@@ -33,7 +33,7 @@ from email.utils import formataddr
 
 from ..errors import ConfigError
 from ..message import HeaderInjection, MessageTemplate, ascii_address, field_values, list_id
-from ..render import FIELDS, PLACEHOLDER_RE
+from ..placeholders import FIELDS, PLACEHOLDER_RE
 from . import (
     Batch,
     BatchError,

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError
 from ..message import HeaderInjection, MessageTemplate, ascii_address, field_values, list_id
-from ..render import FIELDS, PLACEHOLDER_RE
+from ..placeholders import FIELDS, PLACEHOLDER_RE
 from . import (
     Batch,
     BatchError,

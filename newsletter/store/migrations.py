@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import (
-    JSON,
     CheckConstraint,
     Column,
     Connection,
@@ -33,10 +32,9 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
 
 from ..errors import SchemaVersionError
-from .schema import NAMING, TABLE_NAMES, UtcDateTime, schema_migrations
+from .schema import NAMING, TABLE_NAMES, Json, UtcDateTime, schema_migrations
 
 # Any constant will do; it keys the PostgreSQL advisory lock that serialises upgrades when
 # two processes open a fresh database at once.
@@ -53,7 +51,7 @@ class Step:
 def _v1_initial(conn: Connection) -> None:
     """Lists, subscribers, memberships and the global suppression list."""
     md = MetaData(naming_convention=NAMING)
-    json = JSON().with_variant(JSONB(), "postgresql")
+    json = Json()
     Table(
         "lists",
         md,
@@ -114,7 +112,7 @@ def _v1_initial(conn: Connection) -> None:
 def _v2_campaigns(conn: Connection) -> None:
     """Campaigns, their per-recipient delivery journal, and provider events."""
     md = MetaData(naming_convention=NAMING)
-    json = JSON().with_variant(JSONB(), "postgresql")
+    json = Json()
     # Stand-ins for the tables the foreign keys point at (they exist already).
     Table("lists", md, Column("id", Integer, primary_key=True))
     Table("subscribers", md, Column("id", Integer, primary_key=True))

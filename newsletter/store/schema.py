@@ -27,7 +27,6 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
 )
-from sqlalchemy.dialects.postgresql import JSONB
 
 # Constraint names are part of the schema; a fixed convention keeps them the same on both
 # databases so later migrations can refer to them.
@@ -62,9 +61,23 @@ class UtcDateTime(TypeDecorator[dt.datetime]):
         return value.replace(tzinfo=dt.UTC)
 
 
-def json_type() -> JSON:
-    """JSON on SQLite, JSONB on PostgreSQL (indexable, compact)."""
-    return JSON().with_variant(JSONB(), "postgresql")
+class Json(TypeDecorator[Any]):
+    """JSON on SQLite, JSONB on PostgreSQL (indexable, compact). The PostgreSQL type is
+    loaded only when a PostgreSQL database is opened: SQLite users do not pay for it."""
+
+    impl = JSON
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Any) -> Any:
+        if dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import JSONB
+
+            return dialect.type_descriptor(JSONB())
+        return dialect.type_descriptor(JSON())
+
+
+def json_type() -> Json:
+    return Json()
 
 
 def _one_of(column: str, values: tuple[str, ...]) -> str:
