@@ -1,0 +1,52 @@
+"""What a command loads before it runs: the heavy libraries only where they are used.
+
+Structural, not a timing: each check imports a module in a fresh interpreter and lists the
+top-level packages that came with it. The figures are bench/startup.py's to print."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = {"sqlalchemy", "premailer", "cssutils", "lxml", "requests", "urllib3", "boto3",
+         "botocore", "werkzeug", "waitress", "jinja2", "markdown_it", "PIL", "feedparser",
+         "nh3", "markdownify", "psycopg"}
+
+
+def loaded_with(module: str) -> set[str]:
+    code = (f"import sys, json; import {module}; "
+            "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60).stdout
+    return set(json.loads(out))
+
+
+def test_the_command_line_loads_none_of_the_heavy_libraries():
+    assert loaded_with("newsletter.cli") & HEAVY == set()
+
+
+@pytest.mark.parametrize(("module", "allowed"), [
+    # status, cancel, the engine: the database, nothing for Markdown, templates or CSS
+    ("newsletter.campaign", {"sqlalchemy"}),
+    # calendar, schedule, tick's planning
+    ("newsletter.schedule", set()),
+    # the database layer works on SQLite without PostgreSQL's driver or dialect
+    ("newsletter.store", {"sqlalchemy"}),
+    # the feed loads feedparser, nh3, markdownify and requests when it fetches
+    ("newsletter.feed", set()),
+    # an email service's adapter: its HTTP client and nothing of rendering
+    ("newsletter.providers.sendgrid", {"requests", "urllib3"}),
+])
+def test_a_core_module_loads_only_what_it_needs(module, allowed):
+    assert loaded_with(module) & HEAVY == allowed
+
+
+def test_sqlite_does_not_load_postgresql_support():
+    code = ("import sys; import newsletter.store, newsletter.campaign; "
+            "print(any(m.startswith('sqlalchemy.dialects.postgresql') for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60).stdout
+    assert out.strip() == "False"
