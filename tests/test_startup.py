@@ -25,7 +25,8 @@ def loaded_with(module: str) -> set[str]:
 
 
 def test_the_command_line_loads_none_of_the_heavy_libraries():
-    assert loaded_with("newsletter.cli") & HEAVY == set()
+    # --help needs click and the commands' names; settings are read when a command runs
+    assert loaded_with("newsletter.cli") & (HEAVY | {"email_validator", "yaml", "dotenv"}) == set()
 
 
 @pytest.mark.parametrize(("module", "allowed"), [

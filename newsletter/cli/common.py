@@ -5,12 +5,14 @@ from __future__ import annotations
 import importlib
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..config import Config, load
 from ..wording import human_size, plural
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 __all__ = ["Env", "human_size", "lazy_module", "pass_env", "plural", "show_path"]
 
@@ -33,6 +35,8 @@ class Env:
 
     @cached_property
     def config(self) -> Config:
+        from ..config import load
+
         return load(self.config_path)
 
 
