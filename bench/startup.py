@@ -1,0 +1,67 @@
+"""How long does a writer wait for a command? Prints the median wall time of whole
+`newsletter` processes (interpreter start, imports, the work) on a scratch copy of the sample
+newsletter with the sample list imported and one issue sent, so `status` has a campaign to
+show and `send --dry-run` an audience to count."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RUNS = 9
+COMMANDS = [  # (arguments, aim in ms)
+    (["--help"], 150),
+    (["status"], 300),
+    (["calendar"], 300),
+    (["send", "--dry-run", "2026-12-01-the-quota-is-not-the-goal"], 300),
+    (["build"], 350),
+]
+
+
+def newsletter(root: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+    return subprocess.run([sys.executable, "-m", "newsletter", *args], cwd=root, env=env,
+                          capture_output=True, text=True, check=True)
+
+
+def median_ms(root: Path, args: list[str]) -> float:
+    newsletter(root, *args)  # the first run fills the OS file cache and writes .pyc files
+    times = []
+    for _ in range(RUNS):
+        start = time.perf_counter()
+        newsletter(root, *args)
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def main() -> None:
+    print(f"cores: {os.cpu_count()}, load average at start: "
+          + " ".join(f"{x:.2f}" for x in os.getloadavg()))
+    bare = []
+    for _ in range(RUNS):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "pass"], check=True)
+        bare.append((time.perf_counter() - start) * 1000)
+    print(f"python -c pass (the interpreter alone): {statistics.median(bare):.0f} ms")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        shutil.copy(REPO / "newsletter.toml", root / "newsletter.toml")
+        shutil.copytree(REPO / "issues", root / "issues")
+        (root / ".env").write_text("NEWSLETTER_SECRET=" + "b" * 43 + "\n", encoding="utf-8")
+        newsletter(root, "subscribers", "import", str(REPO / "samples" / "readers.csv"))
+        newsletter(root, "send", "--yes", "2026-12-08-listen-before-you-lead")
+        for args, aim in COMMANDS:
+            ms = median_ms(root, args)
+            verdict = "within" if ms <= aim else "over"
+            print(f"newsletter {' '.join(args[:2]):<16} {ms:6.0f} ms  (aim {aim} ms: {verdict})")
+
+
+if __name__ == "__main__":
+    main()
