@@ -535,6 +535,9 @@ def _fetch_image(config: Config, url: str, work: Path, taken: set[str]) -> str:
                 raise FeedError(f"{where}: answered {response.status_code}; draft without "
                                 "--download-images to keep it as a remote image")
             kind = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+            if not kind.startswith("image/"):
+                raise FeedError(f"{where}: is {kind or 'not labelled'}, not an image; draft "
+                                "without --download-images to keep it as a remote image")
             data, size = [], 0
             for chunk in response.iter_content(64 * 1024):
                 size += len(chunk)

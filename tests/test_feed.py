@@ -344,3 +344,19 @@ def test_an_atom_entry_edited_later_is_not_drafted_again(letter, feed_server, cl
     assert "no new posts in" in result.output
     assert len(drafted_folders(letter)) == 1
     assert feed_server.requests[-1].headers.get("if-none-match"), "asked with the old ETag"
+
+
+def test_download_images_refuses_what_is_not_an_image_and_writes_nothing(letter, feed_server, cli):
+    xml = (FEEDS / "relative.xml").read_text(encoding="utf-8").replace(
+        "https://blog.example.com", feed_server.url("").rstrip("/"))
+    feed_server.serve("/feed.xml", xml)
+    feed_server.serve("/wp-content/uploads/2026/11/desk.jpg", "<html>login first</html>",
+                      content_type="text/html")
+    use_feed(letter, feed_server.url("/feed.xml"))
+    proc = run_cli(letter, "new", "--from-feed", "--since", "2026-11-01", "--download-images")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().endswith(
+        "desk.jpg: is text/html, not an image; draft without --download-images to keep it as a "
+        "remote image")
+    assert drafted_folders(letter) == []
+    assert not any((letter / ".cache").glob("draft-*")), "the half-made draft is removed"
