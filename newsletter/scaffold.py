@@ -65,6 +65,11 @@ name = "outbox"         # writes .eml files under outbox/; see the README for th
 
 [database]
 url = "sqlite:///newsletter.db"
+
+# Posts already on a blog? Draft each issue from its feed: `newsletter new --from-feed`.
+# [feed]
+# url = "https://blog.example.com/feed/"
+# auto = "draft"        # or "send": `tick` drafts (and schedules) each week's issue itself
 """
 
 
