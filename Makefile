@@ -23,6 +23,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet mailmerge
 	$(BIN)/python bench/startup.py
+	$(BIN)/python bench/signup.py
 	$(BIN)/python bench/render.py
 	$(BIN)/python bench/subscribers.py
 	$(BIN)/python bench/send.py

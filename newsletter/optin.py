@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import html as html_lib
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -199,25 +201,45 @@ def list_label(config: Config, lst: ListRef | None) -> str:
     return n.name if lst.name == n.default_list else f"{n.name} ({lst.name})"
 
 
+# The confirmation email is the same for every reader of a list on a given day but for its
+# link: it is rendered (templates and CSS inlining, tens of milliseconds) once per list and
+# day with this marker where the link goes, and each reader's link is put in its place.
+_LINK_MARK = "https://confirm.invalid/NEWSLETTER-CONFIRM-LINK"
+_rendered_cache: dict[tuple[Any, ...], tuple[str, str, str, str]] = {}
+_cache_lock = threading.Lock()
+
+
 def confirmation_message(config: Config, lst: ListRef, link: str) -> Rendered:
-    """The confirmation email, rendered for one reader (it is one message, so nothing is
-    left to personalise but the unsubscribe link in its headers)."""
+    """The confirmation email for one reader (it is one message, so nothing is left to
+    personalise but the link, and the unsubscribe link in its headers)."""
     n = config.newsletter
     today = dt.datetime.now(n.timezone).date()
-    subject = f"Confirm your subscription to {list_label(config, lst)}"
-    preheader = "Open the link and press the button to join. Not you? Ignore this email."
-    context = {
-        "newsletter": n, "list_label": list_label(config, lst), "confirm_url": link,
-        "subject": subject, "preheader": preheader, "date": today, "days": CONFIRM_TTL // 86400,
-        "postal_address": n.postal_address, "archive_url": f"{n.site_url}/archive/",
-        "sign_off": n.sign_off, "author": n.author,
-    }
-    html = inline_css(render_template(config, "web/confirm-email.html", context))
-    text = render_template(config, "web/confirm-email.txt", context)
+    key = (config.path, config.templates_dir, n, lst, today)
+    with _cache_lock:
+        cached = _rendered_cache.get(key)
+    if cached is None:
+        subject = f"Confirm your subscription to {list_label(config, lst)}"
+        preheader = "Open the link and press the button to join. Not you? Ignore this email."
+        context = {
+            "newsletter": n, "list_label": list_label(config, lst), "confirm_url": _LINK_MARK,
+            "subject": subject, "preheader": preheader, "date": today,
+            "days": CONFIRM_TTL // 86400, "postal_address": n.postal_address,
+            "archive_url": f"{n.site_url}/archive/", "sign_off": n.sign_off, "author": n.author,
+        }
+        html = inline_css(render_template(config, "web/confirm-email.html", context))
+        text = render_template(config, "web/confirm-email.txt", context)
+        cached = (subject, preheader, html, text)
+        with _cache_lock:
+            if len(_rendered_cache) >= 32:
+                _rendered_cache.clear()
+            _rendered_cache[key] = cached
+    subject, preheader, html, text = cached
     issue = Issue(path=config.root, slug="confirm", subject=subject, preheader=preheader,
                   list_name=lst.name, send_at=None, date=today, note="", note_line=1, posts=())
-    return Rendered(issue=issue, subject=subject, preheader=preheader, html=html, text=text,
-                    web_html="", web_url=link, assets=(), links=())
+    return Rendered(issue=issue, subject=subject, preheader=preheader,
+                    html=html.replace(_LINK_MARK, html_lib.escape(link)),
+                    text=text.replace(_LINK_MARK, link), web_html="", web_url=link, assets=(),
+                    links=())
 
 
 def _send(config: Config, store: Store, secret: str, job: ConfirmJob,
