@@ -1,3 +1,4 @@
 from newsletter.cli import main
 
-main()
+if __name__ == "__main__":  # a process started with spawn imports this without running it
+    main()

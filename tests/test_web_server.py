@@ -350,3 +350,57 @@ def test_the_serve_defaults_are_the_servers():
     from newsletter.web import serving
 
     assert (web.REQUEST_TIMEOUT, web.CONNECTION_LIMIT) == (serving.REQUEST_TIMEOUT, serving.CONNECTION_LIMIT)
+
+
+def _mail_process(pid: int) -> int:
+    """The server's child that sends confirmation emails (multiprocessing's spawn worker;
+    the other child is multiprocessing's resource tracker)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.append(int(child))
+    (mailer,) = found
+    return mailer
+
+
+def _sign_up_many(base: str, count: int) -> None:
+    for i in range(count):
+        body = f"email=queued{i}%40example.org".encode()
+        status, _, _ = request(base, "POST", "/subscribe", body,
+                               {"Content-Type": "application/x-www-form-urlencoded"})
+        assert status == 200
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux's /proc")
+def test_confirmations_go_out_from_a_process_of_their_own_and_sigterm_sends_the_queue(tmp_path):
+    write_letter(tmp_path, web="ip_signups_per_hour = 1000\n")
+    process, base = start_server(tmp_path)
+    mailer = _mail_process(process.pid)
+    _sign_up_many(base, 40)
+    code, out = stop_server(process)  # SIGTERM right after the last answer
+    assert code == 0 and "stopped" in out
+    assert len(outbox(tmp_path, "confirm")) == 40, "every queued email went out before the stop"
+    assert not _running(mailer)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux's /proc")
+def test_the_mail_process_does_not_outlive_a_killed_server(tmp_path):
+    write_letter(tmp_path)
+    process, base = start_server(tmp_path)
+    mailer = _mail_process(process.pid)
+    process.kill()
+    process.communicate(timeout=15)
+    deadline = time.monotonic() + 10
+    while _running(mailer) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _running(mailer), "the confirmation sender noticed its server was gone and stopped"
+
+
+def _running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie waiting to be reaped."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"

@@ -44,7 +44,10 @@ def serve(env: Env, host: str, port: int, threads: int, request_timeout: int, co
     config = env.config
     store = open_store(config)
     try:
-        app = PublicApp(config, store)
+        from ..web.signup import ProcessMailer
+
+        secret = config.secret("NEWSLETTER_SECRET")  # without one, PublicApp says what to do
+        app = PublicApp(config, store, mailer=ProcessMailer(config, secret) if secret else None)
         try:
             server = make_server(app, host, port, threads=threads, request_timeout=request_timeout,
                                  connections=connection_limit)
