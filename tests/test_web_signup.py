@@ -647,3 +647,25 @@ def test_a_damaged_link_page_says_what_is_wrong_once_and_what_to_do_once(site):
         assert not re.search(r"[^./]\.\.(?![./])", text)  # no sentence ends twice
         assert text.lower().count("copy the whole link") == 1
         assert "This link is damaged." in text or "This link is not valid." in text
+
+
+def test_the_mail_process_with_broken_settings_logs_each_lost_email_and_still_stops(tmp_path, caplog):
+    import multiprocessing
+    import os
+    import signal
+
+    (tmp_path / "newsletter.toml").write_text("[newsletter\nname = broken\n")
+    jobs = multiprocessing.get_context("spawn").JoinableQueue()
+    jobs.put((7, 1))
+    jobs.put(None)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        signup._mail_from_process(str(tmp_path / "newsletter.toml"), {}, SECRET, jobs, os.getpid())
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    jobs.join()  # every job was accounted for: a server stopping does not wait forever
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("confirmation emails cannot be sent: ") and "newsletter.toml" in m
+               for m in messages), messages
+    assert any("subscriber 7 not sent" in m for m in messages), messages

@@ -395,8 +395,13 @@ def _mail_from_process(config_path: str, environ: dict[str, str], secret: str, j
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    config = load(config_path, environ=environ)
-    with open_store(config) as store:
+    try:
+        config = load(config_path, environ=environ)
+        store = open_store(config)
+    except NewsletterError as exc:
+        log.error("confirmation emails cannot be sent: %s", exc)
+        config = store = None
+    try:
         while True:
             try:
                 item = jobs.get(timeout=1.0)
@@ -407,9 +412,16 @@ def _mail_from_process(config_path: str, environ: dict[str, str], secret: str, j
             try:
                 if item is None:
                     return
-                deliver(config, store, secret, ConfirmJob(*item))
+                if store is None:
+                    log.error("confirmation email for subscriber %s not sent: the settings or "
+                              "the database could not be opened (logged above)", item[0])
+                else:
+                    deliver(config, store, secret, ConfirmJob(*item))
             finally:
                 jobs.task_done()
+    finally:
+        if store is not None:
+            store.close()
 
 
 # What the site's modules and tests use from here, including the names it shares with the
