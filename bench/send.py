@@ -101,6 +101,28 @@ def make_database(root: Path, n: int) -> Path:
     return db
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class SinkCpu:
+    """How busy the SMTP sink was during a run: its CPU seconds over the run's wall time,
+    so a reader can see whether the sender or the sink set the pace."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def __enter__(self) -> SinkCpu:
+        self.cpu, self.wall = cpu_seconds(self.pid), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        cpu, wall = cpu_seconds(self.pid) - self.cpu, time.perf_counter() - self.wall
+        print(f"  the sink used {cpu:.1f} s of CPU in {wall:.1f} s ({100 * cpu / wall:.0f}% of one core)")
+
+
 def send(root: Path, name: str, provider: str, base_db: Path, n: int, secrets: str = "") -> float:
     folder = root / name
     make_letter(folder, provider)
@@ -197,12 +219,18 @@ def main() -> None:
 
         rendered = build.render(cfg.load(REPO / "newsletter.toml", environ={}), "the-quota-is-not-the-goal")
         issue_bytes = len(rendered.html.encode()) + len(rendered.text.encode())
-        # On loopback the sink answers in microseconds: one connection beats several
+        # On loopback the sink answers in microseconds: one connection often beats several
         # contending for the interpreter lock. Across a network, raise concurrency.
-        smtp_settings = f'name = "smtp"\nhost = "127.0.0.1"\nport = {port}\nsecurity = "none"\nconcurrency = 1\n'
+        def smtp_settings(connections: int) -> str:
+            return (f'name = "smtp"\nhost = "127.0.0.1"\nport = {port}\nsecurity = "none"\n'
+                    f"concurrency = {connections}\n")
+
         for name in providers:
             if name == "smtp":
-                send(tmp, "smtp", smtp_settings, base, args.subscribers)
+                for connections in (1, 4, 8):
+                    with SinkCpu(smtp.pid):
+                        send(tmp, f"smtp, {connections} connection{'s' if connections > 1 else ''}",
+                             smtp_settings(connections), base, args.subscribers)
                 continue
             module, settings, secrets = HTTP_SERVICES[name]
             server, url = start_server(module)
@@ -215,9 +243,12 @@ def main() -> None:
             print(line)
         if not args.skip_mailmerge:
             small = make_database(tmp / "small", args.compare)
-            ours = send(tmp, "smtp (first 2,000)", smtp_settings, small, args.compare)
-            theirs = mailmerge_rate(tmp, int(port), args.compare)
-            print(f"SMTP: this project / mailmerge = {ours / theirs:.1f}x")
+            with SinkCpu(smtp.pid):
+                ours = send(tmp, f"smtp (first {args.compare:,})", smtp_settings(1), small, args.compare)
+            with SinkCpu(smtp.pid):
+                theirs = mailmerge_rate(tmp, int(port), args.compare)
+            print(f"SMTP, the same {args.compare:,} readers, one connection each, whole processes: "
+                  f"this project / mailmerge = {ours / theirs:.1f}x")
     finally:
         for proc in servers:
             proc.terminate()
