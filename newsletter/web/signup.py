@@ -290,9 +290,10 @@ def unsubscribe(store: Store, target: UnsubscribeTarget, now: dt.datetime | None
 
 
 def deliver(config: Config, store: Store, secret: str, job: ConfirmJob,
-            provider_factory: Callable[[Config], Provider] = get_provider) -> bool:
-    """Send one confirmation email; True when it went out. Failures are logged, never
-    raised: a bug in one must not stop the sender."""
+            provider_factory: Callable[[Config], Provider] = get_provider) -> bool | None:
+    """Send one confirmation email: True when it went out, False when it failed (logged,
+    never raised: a bug in one must not stop the sender), None when there is no longer
+    anyone to send it to."""
     try:
         outcome = send_confirmation(config, store, secret, job, provider_factory(config))
     except (BatchError, NewsletterError) as exc:
@@ -301,10 +302,12 @@ def deliver(config: Config, store: Store, secret: str, job: ConfirmJob,
     except Exception:
         log.exception("confirmation email for subscriber %s not sent", job.subscriber_id)
         return False
-    if outcome is not None and outcome.status != "sent":
+    if outcome is None:
+        return None
+    if outcome.status != "sent":
         log.error("confirmation email for subscriber %s %s: %s", job.subscriber_id,
                   outcome.status, outcome.reason)
-    return outcome is not None and outcome.status == "sent"
+    return outcome.status == "sent"
 
 
 class Mailer:
@@ -332,9 +335,10 @@ class Mailer:
             try:
                 if job is None:
                     return
-                if deliver(self.config, self.store, self.secret, job, self.provider_factory):
+                went = deliver(self.config, self.store, self.secret, job, self.provider_factory)
+                if went is True:
                     self.sent += 1
-                else:
+                elif went is False:
                     self.failed += 1
             finally:
                 self.jobs.task_done()
