@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import html as html_lib
+import os
 import posixpath
 import re
+import tempfile
 import textwrap
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -644,7 +646,7 @@ def render_issue(config: Config, issue: Issue) -> Rendered:
         }
 
     email_context = context(web=False)
-    html = inline_css(render_template(config, "email.html", email_context))
+    html = inline_css(render_template(config, "email.html", email_context), cache=config.cache_dir)
     text = _tidy_text(render_template(config, "email.txt", email_context))
     web_html = render_template(config, "web.html", context(web=True))
     published = assets.all()
@@ -663,9 +665,62 @@ def render_issue(config: Config, issue: Issue) -> Rendered:
     )
 
 
-def inline_css(document: str) -> str:
+INLINED_KEPT = 200  # inlined emails kept in .cache/inline/, the most recently used
+
+
+def inline_css(document: str, cache: Path | None = None) -> str:
     """Inline the CSS of ``<style>`` blocks; rules that cannot be inlined (media queries)
-    stay in one ``<style>`` block in ``<head>``, with their ``!important`` kept."""
+    stay in one ``<style>`` block in ``<head>``, with their ``!important`` kept.
+
+    With ``cache`` (a newsletter's .cache/), the result is kept under the hash of the
+    document, this module and the inliner's versions: `check`, `build`, `send --dry-run`
+    and `send` of an unchanged issue, each a new process, inline it once. premailer in a
+    new process spends most of a second compiling its CSS parser's patterns."""
+    if cache is None:
+        return _inline_css(document)
+    kept = cache / "inline" / f"{_inline_key(document)}.html"
+    try:
+        inlined = kept.read_text(encoding="utf-8")
+        os.utime(kept)  # recently used: kept longest
+        return inlined
+    except OSError:
+        pass
+    inlined = _inline_css(document)
+    _keep_inlined(kept, inlined)
+    return inlined
+
+
+@cache
+def _inliner_fingerprint() -> bytes:
+    from importlib.metadata import version
+
+    own = Path(__file__).read_bytes()  # a change to the post-processing here changes the key
+    return own + f"premailer {version('premailer')} cssutils {version('cssutils')}".encode()
+
+
+def _inline_key(document: str) -> str:
+    digest = hashlib.sha256(_inliner_fingerprint())
+    digest.update(document.encode("utf-8"))
+    return digest.hexdigest()
+
+
+def _keep_inlined(path: Path, inlined: str) -> None:
+    """Write ``path`` whole (or not at all) and keep only the newest INLINED_KEPT files;
+    a cache that cannot be written is only slower."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(inlined)
+        os.replace(temp, path)
+        files = sorted(path.parent.glob("*.html"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in files[INLINED_KEPT:]:
+            old.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def _inline_css(document: str) -> str:
     import logging
 
     import cssutils
