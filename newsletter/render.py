@@ -15,7 +15,6 @@ import html as html_lib
 import os
 import posixpath
 import re
-import tempfile
 import textwrap
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from . import images
 from .config import Config
 from .content import Issue
 from .errors import TemplateError
+from .files import write_atomically
 from .placeholders import FIELDS, PLACEHOLDER, PLACEHOLDER_RE, PLACEHOLDERS  # noqa: F401
 
 TEXT_WIDTH = 72
@@ -709,10 +709,7 @@ def _keep_inlined(path: Path, inlined: str) -> None:
     a cache that cannot be written is only slower."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(inlined)
-        os.replace(temp, path)
+        write_atomically(path, inlined.encode("utf-8"))
         files = sorted(path.parent.glob("*.html"), key=lambda p: p.stat().st_mtime, reverse=True)
         for old in files[INLINED_KEPT:]:
             old.unlink(missing_ok=True)

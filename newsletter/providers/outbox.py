@@ -11,9 +11,8 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-import tempfile
-from pathlib import Path
 
+from ..files import write_atomically
 from . import Batch, Outcome, Provider
 
 PROOF_LABEL = "test"  # the label of a proof batch; a campaign's is "<id>-<issue>"
@@ -50,7 +49,7 @@ class OutboxProvider(Provider):
         for env in batch.envelopes:
             data = batch.template.bytes_for(env.recipient, env.unsubscribe_url, env.message_id)
             path = folder / f"{prefix}{env.key:08d}-{_safe(env.recipient.email)}.eml"
-            _write_atomically(path, data)
+            write_atomically(path, data)
             outcomes.append(Outcome(env.key, "sent", provider_id=path.name))
         return outcomes
 
@@ -58,13 +57,3 @@ class OutboxProvider(Provider):
 def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9@._+-]", "_", text)[:120]
 
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
