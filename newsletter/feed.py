@@ -34,6 +34,7 @@ import yaml
 from .config import Config
 from .content import ISSUE_FILE, issue_folders, read_document, slugify
 from .errors import ContentError, NewsletterError
+from .files import write_atomically
 
 TIMEOUT = 20.0  # seconds for the feed server to answer (and between bytes)
 MAX_FEED_BYTES = 10 * 1024 * 1024
@@ -86,7 +87,6 @@ class Feed:
     title: str
     entries: tuple[Entry, ...]
     duplicates: int = 0  # entries dropped because an earlier one had the same id
-    not_modified: bool = False  # the server answered 304; the entries are the remembered copy
     moved_to: str | None = None  # where a permanent redirect points
 
 
@@ -123,21 +123,10 @@ class _Cache:
     def save(self, validators: dict[str, str], body: bytes) -> None:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            _write_atomic(self.body_path, body)
-            _write_atomic(self.meta_path, json.dumps({"url": self.url, **validators}).encode())
+            write_atomically(self.body_path, body)
+            write_atomically(self.meta_path, json.dumps({"url": self.url, **validators}).encode())
         except OSError:
             pass  # only the next request's validators are lost: it fetches the whole feed
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 def fetch(config: Config, url: str, *, timeout: float = TIMEOUT) -> Feed:
@@ -197,8 +186,7 @@ def fetch(config: Config, url: str, *, timeout: float = TIMEOUT) -> Feed:
     feed = parse(body, url, content_type)
     if status == 200:
         cache.save(validators, body)
-    return replace(feed, moved_to=final_url if moved and final_url != url else None,
-                   not_modified=status == 304)
+    return replace(feed, moved_to=final_url if moved and final_url != url else None)
 
 
 def _read_capped(response: Any, where: str) -> bytes:
@@ -427,7 +415,6 @@ class Drafted:
     folder: Path | None  # None: nothing new, nothing written
     files: list[Path] = field(default_factory=list)
     entries: list[Entry] = field(default_factory=list)
-    images: int = 0  # images downloaded beside the posts
     sign_offs: int = 0  # posts whose closing sign-off was dropped
 
 
@@ -450,7 +437,7 @@ def draft(config: Config, url: str, slot: dt.datetime, since: dt.datetime | None
     config.cache_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="draft-", dir=config.cache_dir))
     try:
-        written, images, sign_offs = _write_posts(config, work, entries, mode, download_images)
+        written, sign_offs = _write_posts(config, work, entries, mode, download_images)
         issue_meta: dict[str, Any] = {"subject": lead.title,
                                       "preheader": _shorten(lead.summary, PREHEADER_CHARS)
                                       or lead.title}
@@ -468,14 +455,14 @@ def draft(config: Config, url: str, slot: dt.datetime, since: dt.datetime | None
         raise
     files = [folder / ISSUE_FILE, *(folder / p.name for p in written)]
     return Drafted(feed=feed, since=since, folder=folder, files=files, entries=entries,
-                   images=images, sign_offs=sign_offs)
+                   sign_offs=sign_offs)
 
 
 def _write_posts(config: Config, work: Path, entries: list[Entry], mode: str,
-                 download_images: bool) -> tuple[list[Path], int, int]:
+                 download_images: bool) -> tuple[list[Path], int]:
     written: list[Path] = []
     taken: set[str] = set()
-    images = sign_offs = 0
+    sign_offs = 0
     for number, entry in enumerate(entries, start=1):
         if mode == "summary" and entry.full:
             body = to_markdown(f"<p>{html.escape(_shorten(entry.summary, 400))}</p>")
@@ -485,8 +472,7 @@ def _write_posts(config: Config, work: Path, entries: list[Entry], mode: str,
         if (mode == "summary" or not entry.full) and entry.link:
             body = body.rstrip() + f"\n\n[Read the rest]({entry.link})\n"
         if download_images:
-            body, count = _download_images(config, work, body, taken)
-            images += count
+            body = _download_images(config, work, body, taken)
         meta: dict[str, Any] = {"title": entry.title}
         if entry.author:
             meta["author"] = entry.author
@@ -500,7 +486,7 @@ def _write_posts(config: Config, work: Path, entries: list[Entry], mode: str,
         path = work / f"{number:02d}-{slugify(entry.title)[:60]}.md"
         path.write_text(_front_matter(meta) + body, encoding="utf-8")
         written.append(path)
-    return written, images, sign_offs
+    return written, sign_offs
 
 
 def _front_matter(meta: dict[str, Any]) -> str:
@@ -511,17 +497,14 @@ def _front_matter(meta: dict[str, Any]) -> str:
 _MD_IMAGE = re.compile(r"!\[(?P<alt>[^\]]*)\]\((?P<url>https?://[^)\s]+)(?P<title>\s+\"[^\"]*\")?\)")
 
 
-def _download_images(config: Config, work: Path, body: str, taken: set[str]) -> tuple[str, int]:
+def _download_images(config: Config, work: Path, body: str, taken: set[str]) -> str:
     """``body`` with each remote image fetched beside the post and linked by file name."""
-    count = 0
 
     def local(match: re.Match[str]) -> str:
-        nonlocal count
         name = _fetch_image(config, match["url"], work, taken)
-        count += 1
         return f"![{match['alt']}]({name}{match['title'] or ''})"
 
-    return _MD_IMAGE.sub(local, body), count
+    return _MD_IMAGE.sub(local, body)
 
 
 def _fetch_image(config: Config, url: str, work: Path, taken: set[str]) -> str:
