@@ -326,7 +326,7 @@ def run_checks(config: Config, rendered: Rendered) -> list[Finding]:
             error(templates, problem.replace("link", "image", 1))
 
     # Plain text: a text part with no words is a spam signal and useless to text readers.
-    if not any(post.body.strip() for post in issue.posts):
+    if not issue.note.strip() and not any(post.body.strip() for post in issue.posts):
         warning(issue_file, "the posts have no text; the plain-text part will be empty")
 
     return sorted(findings, key=lambda f: f.level != "error")

@@ -62,10 +62,13 @@ class Issue:
     note: str  # the editor's note (issue.md body), Markdown
     note_line: int
     posts: tuple[Post, ...]
+    # A welcome sequence's step is rendered as an issue with its own file and no posts.
+    file: Path | None = None
+    sequence: str | None = None
 
     @property
     def issue_file(self) -> Path:
-        return self.path / ISSUE_FILE
+        return self.file or self.path / ISSUE_FILE
 
     @property
     def source_files(self) -> tuple[Path, ...]:

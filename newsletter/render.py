@@ -588,7 +588,8 @@ def web_url_for(config: Config, slug: str) -> str:
 
 def render_issue(config: Config, issue: Issue) -> Rendered:
     """Render ``issue`` once: email HTML (inlined), plain text and web version."""
-    web_url = web_url_for(config, issue.slug)
+    # A welcome step has no web version of its own: its links point at the archive.
+    web_url = f"{config.newsletter.site_url}/archive/" if issue.sequence else web_url_for(config, issue.slug)
     assets = _PostAssets(config.cache_dir)
     counter = [0]  # link reference numbers run through the whole text part
     links: list[LinkRef] = []

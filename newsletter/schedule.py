@@ -47,6 +47,7 @@ from .errors import ContentError, NewsletterError
 
 if TYPE_CHECKING:
     from .providers import Provider
+    from .sequences import SequenceEvent
     from .store import Store
 
 SEND_AT = "send_at"
@@ -759,7 +760,7 @@ class TickEvent:
 @dataclass
 class TickReport:
     now: dt.datetime
-    events: list[TickEvent | FeedEvent] = field(default_factory=list)
+    events: list[TickEvent | FeedEvent | SequenceEvent] = field(default_factory=list)
     interrupted: str | None = None  # "interrupted" / "terminated" when a signal stopped a run
     next_up: tuple[str, dt.datetime] | None = None  # the next issue to go out, and when
 
@@ -782,7 +783,8 @@ def tick(config: Config, store: Store, now: dt.datetime, *,
          should_stop: Callable[[], bool] = lambda: False,
          **send_options: Any) -> TickReport:
     """Draft the coming slot's issue from the blog's feed when ``[feed] auto`` says so, send
-    every due issue whose campaign has not finished, then return what happened.
+    every due issue whose campaign has not finished, then every welcome step that is due
+    (see :mod:`newsletter.sequences`), and return what happened.
 
     Each issue goes to its ``list:`` (else the default list). A new one is sent only when its
     time is at most ``[schedule] grace`` ago and it passes the pre-flight checks; an
@@ -808,6 +810,13 @@ def tick(config: Config, store: Store, now: dt.datetime, *,
             report.events.append(event)
         if report.interrupted:
             break
+    if not report.interrupted and not should_stop():
+        from .sequences import tick as tick_sequences
+
+        welcomed, report.interrupted = tick_sequences(
+            config, store, now, provider_factory=provider_factory, should_stop=should_stop,
+            **send_options)
+        report.events.extend(welcomed)
     upcoming = sorted((p.send_at, p.slug) for p in plan if p.send_at is not None and p.send_at > now)
     if upcoming:
         report.next_up = (upcoming[0][1], upcoming[0][0])

@@ -315,6 +315,7 @@ def add(
                     source=source,
                     created_at=now,
                     confirmed_at=now if confirmed else None,
+                    welcome_from=now if confirmed else None,
                 )
             )
             return AddResult(address.email, lst.name, new_status, "added")
@@ -329,7 +330,7 @@ def add(
             return AddResult(address.email, lst.name, status.status, outcome)
         conn.execute(
             _set_status(lst.id, sub_id).values(
-                status="active", confirmed_at=now, unsubscribed_at=None
+                status="active", confirmed_at=now, unsubscribed_at=None, welcome_from=now
             )
         )
         outcome = "confirmed" if status.status == "pending" and not lifted else "resubscribed"
@@ -340,6 +341,7 @@ def confirm(store: Store, email: str, list_name: str | None = None) -> bool:
     """Turn a pending membership active (the double opt-in link). False when there was
     nothing pending, e.g. the link was clicked twice; never revives an unsubscribe."""
     address = parse_address(email)
+    now = utcnow()
     with store.write() as conn:
         lst = _resolve_list(conn, store, list_name)
         if suppression_of(conn, address.hash) is not None:
@@ -350,7 +352,7 @@ def confirm(store: Store, email: str, list_name: str | None = None) -> bool:
         result = conn.execute(
             _set_status(lst.id, sub_id)
             .where(memberships.c.status == "pending")
-            .values(status="active", confirmed_at=utcnow())
+            .values(status="active", confirmed_at=now, welcome_from=now)
         )
         return result.rowcount == 1
 
@@ -799,6 +801,7 @@ class ImportSummary:
     rejected_path: Path | None = None  # where every rejected row was written
     lists: list[str] = field(default_factory=list)  # the lists rows went into, in order
     created_lists: list[str] = field(default_factory=list)  # named by a JSON file, made now
+    welcomed: int | None = None  # with --welcome: readers who joined the welcome sequences
 
     def count(self, outcome: str) -> None:
         setattr(self, outcome, getattr(self, outcome) + 1)
@@ -825,6 +828,7 @@ def import_file(
     progress: Callable[[int], None] | None = None,
     chunk_size: int = IMPORT_CHUNK,
     rejects: Path | str | None = None,
+    welcome: bool = False,
 ) -> ImportSummary:
     """Import a subscriber file (a CSV, or this tool's JSON export) in one transaction: all
     valid rows go in, or (on any error, or a kill) nothing does. ``dry_run`` does the same
@@ -846,7 +850,7 @@ def import_file(
         ) as opened:
             return import_file(
                 store, opened, list_name=list_name, dry_run=dry_run, progress=progress,
-                chunk_size=chunk_size, rejects=rejects,
+                chunk_size=chunk_size, rejects=rejects, welcome=welcome,
             )
     path = source.path
     rejected_path = rejected_path_for(path, rejects)
@@ -889,6 +893,8 @@ def import_file(
                     progress(source.bytes_read)
             if not summary.lists:
                 summary.lists.append(summary.list)
+            if welcome:
+                summary.welcomed = run.welcome([lst.id for lst in targets.known.values()])
             run.finish()
     except BaseException:
         rejects_out.discard()
@@ -1080,6 +1086,16 @@ class _ImportRun:
         self.select_suppressed = select(
             suppressions.c.email_hash, suppressions.c.detail, suppressions.c.created_at
         ).where(suppressions.c.email_hash.in_(bindparam("hashes", expanding=True)))
+
+    def welcome(self, list_ids: list[int]) -> int:
+        """Readers this import made active members join the lists' welcome sequences
+        (``--welcome``); how many."""
+        return self.conn.execute(
+            update(memberships).where(
+                memberships.c.list_id.in_(list_ids), memberships.c.status == "active",
+                memberships.c.confirmed_at == self.now,
+            ).values(welcome_from=self.now)
+        ).rowcount
 
     def finish(self) -> None:
         if self.conn.dialect.name == "sqlite":

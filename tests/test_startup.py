@@ -38,6 +38,8 @@ def test_the_command_line_loads_none_of_the_heavy_libraries():
     ("newsletter.store", {"sqlalchemy"}),
     # the feed loads feedparser, nh3, markdownify and requests when it fetches
     ("newsletter.feed", set()),
+    # welcome sequences: the database; rendering only when a step is sent or shown
+    ("newsletter.sequences", {"sqlalchemy"}),
     # an email service's adapter: its HTTP client and nothing of rendering
     ("newsletter.providers.sendgrid", {"requests", "urllib3"}),
 ])

@@ -52,11 +52,12 @@ def _register() -> None:
     from . import providers as provider_commands
     from . import schedule as schedule_commands
     from . import send as send_commands
+    from . import sequences as sequence_commands
     from . import subscribers as subscriber_commands
     from . import web as web_commands
 
     for module in (content_commands, subscriber_commands, send_commands, schedule_commands,
-                   provider_commands, web_commands):
+                   sequence_commands, provider_commands, web_commands):
         for command in module.COMMANDS:
             main.add_command(command)
 

@@ -310,6 +310,9 @@ def subscribers_confirm_request(
     help="Write the rejected rows to FILE (default: NAME.rejected.csv in the current folder). "
     "Replaced on every import; removed when no row is rejected.",
 )
+@click.option("--welcome", is_flag=True,
+              help="Readers this import makes active members get the list's welcome sequence "
+              "(by default an import enrolls nobody).")
 @pass_env
 def subscribers_import(
     env: Env,
@@ -319,6 +322,7 @@ def subscribers_import(
     email_column: str | None,
     check_deliverability: bool,
     rejects: Path | None,
+    welcome: bool,
 ) -> None:
     """Import subscribers from a CSV or JSON FILE.
 
@@ -328,7 +332,8 @@ def subscribers_import(
     bounced, complained or were forgotten are never re-added; invalid rows are listed and
     written to NAME.rejected.csv (or .json) in the current folder (or --rejects FILE), never
     beside FILE. Rows for one address are merged: the last row wins, but the strictest
-    status is kept. All or nothing: a failed import changes nothing."""
+    status is kept. All or nothing: a failed import changes nothing. Imported readers get
+    no welcome emails unless --welcome says so."""
     # Reading the header first means a file that cannot be imported fails before the
     # database is opened (or created).
     from ..store import open_store_or_scratch
@@ -342,7 +347,7 @@ def subscribers_import(
     with source, opened as store, _progress(file) as progress:
         summary = core.import_file(
             store, source, list_name=list_name, dry_run=dry_run, progress=progress,
-            rejects=rejects,
+            rejects=rejects, welcome=welcome,
         )
     _print_summary(summary, rejects)
 
@@ -390,6 +395,8 @@ def _print_summary(s: core.ImportSummary, rejects: Path | None = None) -> None:
         would_be = core.rejected_path_for(s.path, rejects)
         where_rejected = f"  ({verb}written to {show_path(would_be)})"
     click.echo(f"  rejected   {s.rejected:>8,}{where_rejected}")
+    if s.welcomed is not None:
+        click.echo(f"  welcomed   {s.welcomed:>8,}  (they get the welcome sequence from the next tick)")
     if s.duplicates:
         click.echo(
             f"  ({plural(s.duplicates, 'duplicate row')} merged: the last row for an address "

@@ -283,6 +283,26 @@ def _v7_feed_drafts(conn: Connection) -> None:
     md.create_all(conn)
 
 
+def _v8_sequences(conn: Connection) -> None:
+    """Welcome sequences: when each started, when each reader joined, and which campaigns
+    are a sequence's steps."""
+    md = MetaData(naming_convention=NAMING)
+    Table("lists", md, Column("id", Integer, primary_key=True))
+    Table(
+        "sequences",
+        md,
+        Column("name", String(100), primary_key=True),
+        Column("list_id", Integer, ForeignKey("lists.id", ondelete="CASCADE"), nullable=True),
+        Column("started_at", UtcDateTime, nullable=True),
+        Column("problem", Text, nullable=False, server_default=""),
+    )
+    md.create_all(conn, tables=[md.tables["sequences"]])
+    kind = "TIMESTAMP WITHOUT TIME ZONE" if conn.dialect.name == "postgresql" else "DATETIME"
+    conn.execute(text(f"ALTER TABLE memberships ADD COLUMN welcome_from {kind}"))
+    conn.execute(text("ALTER TABLE campaigns ADD COLUMN sequence VARCHAR(100)"))
+    conn.execute(text("CREATE INDEX ix_memberships_welcome ON memberships (list_id, welcome_from)"))
+
+
 STEPS: tuple[Step, ...] = (
     Step(1, "lists, subscribers, memberships, suppressions", _v1_initial),
     Step(2, "campaigns, deliveries, events", _v2_campaigns),
@@ -291,6 +311,7 @@ STEPS: tuple[Step, ...] = (
     Step(5, "campaign workers and fenced claims", _v5_campaign_workers),
     Step(6, "webhook signature tokens already used", _v6_webhook_tokens),
     Step(7, "what tick drafted from the blog's feed", _v7_feed_drafts),
+    Step(8, "welcome sequences", _v8_sequences),
 )
 
 LATEST = STEPS[-1].version

@@ -139,10 +139,14 @@ memberships = Table(
     Column("created_at", UtcDateTime, nullable=False),
     Column("confirmed_at", UtcDateTime, nullable=True),
     Column("unsubscribed_at", UtcDateTime, nullable=True),
+    # When the reader joined as far as welcome sequences go (confirmed through the site,
+    # added --confirmed, imported --welcome); NULL: no sequence mails them.
+    Column("welcome_from", UtcDateTime, nullable=True),
     CheckConstraint(_one_of("status", MEMBERSHIP_STATUSES), name="status"),
     # The audience query walks (list, status) and joins on subscriber_id.
     Index("ix_memberships_list_status", "list_id", "status", "subscriber_id"),
     Index("ix_memberships_subscriber", "subscriber_id"),
+    Index("ix_memberships_welcome", "list_id", "welcome_from"),
 )
 
 suppressions = Table(
@@ -178,6 +182,9 @@ campaigns = Table(
     Column("created_at", UtcDateTime, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
     Column("finished_at", UtcDateTime, nullable=True),
+    # A step of a welcome sequence: the sequence's name (``issue`` is then "<name>/<step>"),
+    # and readers are added to its journal as each one's step falls due. NULL for an issue.
+    Column("sequence", String(100), nullable=True),
     CheckConstraint(_one_of("status", CAMPAIGN_STATUSES), name="status"),
     UniqueConstraint("issue", "list_id", name="uq_campaigns_issue_list"),
 )
@@ -300,6 +307,18 @@ feed_drafts = Table(
     Column("first_seen", UtcDateTime, nullable=False),  # since when this outcome holds
     Column("updated_at", UtcDateTime, nullable=False),
     CheckConstraint(_one_of("outcome", FEED_DRAFT_OUTCOMES), name="outcome"),
+)
+
+# Welcome sequences (sequences/<name>/ in the newsletter folder), from the first tick that
+# saw each: readers who join the list from ``started_at`` on are mailed its steps.
+sequences = Table(
+    "sequences",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("list_id", Integer, ForeignKey("lists.id", ondelete="CASCADE"), nullable=True),
+    Column("started_at", UtcDateTime, nullable=True),  # NULL: its files have not loaded yet
+    # The problems the last tick reported for it, so that one that goes on is told once.
+    Column("problem", Text, nullable=False, server_default=""),
 )
 
 # Names of the tables this release creates, for spotting a database that belongs to

@@ -242,7 +242,7 @@ def confirm(store: Store, secret: str, token: str, now: dt.datetime | None = Non
         conn.execute(
             update(memberships)
             .where(memberships.c.list_id == list_id, memberships.c.subscriber_id == sub_id)
-            .values(status="active", confirmed_at=now, unsubscribed_at=None)
+            .values(status="active", confirmed_at=now, unsubscribed_at=None, welcome_from=now)
         )
         return Confirmed("confirmed", ref)
 
