@@ -153,7 +153,7 @@ def test_a_version_6_database_gains_the_feed_drafts_table(db_url):
     engine.dispose()
     store = open_store(db_url)
     try:
-        assert _version_rows(store)[-1] == 7
+        assert _version_rows(store)[-1] == migrations.LATEST
         now = dt.datetime.now(dt.UTC)
         row = dict(slot=now, outcome="drafting", first_seen=now, updated_at=now)
         with store.write() as conn:
@@ -163,6 +163,40 @@ def test_a_version_6_database_gains_the_feed_drafts_table(db_url):
         with pytest.raises(StoreError), store.write() as conn:
             conn.execute(insert(schema.feed_drafts).values(
                 **{**row, "slot": now + dt.timedelta(days=7), "outcome": "maybe"}))
+    finally:
+        store.close()
+
+
+def test_a_version_7_database_gains_welcome_sequences(db_url):
+    """Step 8: the sequences table, when each membership joined for them, and which
+    campaigns are a sequence's steps; rows made before keep working."""
+    from sqlalchemy import create_engine
+
+    engine = create_engine(_driver_url(db_url))
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    with engine.begin() as conn:
+        assert migrations.upgrade(conn, "test", target=7) == [1, 2, 3, 4, 5, 6, 7]
+        conn.execute(text("INSERT INTO lists (id, name, title, created_at) VALUES (1, 'main', '', :t)"),
+                     {"t": now})
+        conn.execute(text(
+            "INSERT INTO campaigns (uid, issue, list_id, status, subject, content_hash, source_hashes, "
+            "provider, created_at, updated_at) VALUES ('u1', '2026-12-01-x', 1, 'finished', 'S', 'h', "
+            "'{}', 'outbox', :t, :t)"), {"t": now})
+    engine.dispose()
+    store = open_store(db_url)
+    try:
+        assert _version_rows(store)[-1] == migrations.LATEST
+        with store.read() as conn:
+            names = inspect(conn).get_table_names()
+            assert "sequences" in names
+            columns = {c["name"] for c in inspect(conn).get_columns("memberships")}
+            assert "welcome_from" in columns
+            assert conn.execute(select(schema.campaigns.c.issue, schema.campaigns.c.sequence)).all() == [
+                ("2026-12-01-x", None)]
+        with store.write() as conn:
+            conn.execute(insert(schema.sequences).values(name="welcome", list_id=1, started_at=dt.datetime.now(dt.UTC)))
+        with pytest.raises(StoreError, match="conflicted"), store.write() as conn:
+            conn.execute(insert(schema.sequences).values(name="welcome", problem=""))
     finally:
         store.close()
 
