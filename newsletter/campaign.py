@@ -178,8 +178,9 @@ def find_campaign(store: Store, issue: str, list_name: str | None = None) -> Cam
 
 
 def all_campaigns(store: Store, issue: str | None = None) -> list[CampaignRow]:
+    """The issues' campaigns (welcome steps are `newsletter sequences`' to show)."""
     with store.read() as conn:
-        stmt = _campaign_select()
+        stmt = _campaign_select().where(campaigns.c.sequence.is_(None))
         if issue:
             stmt = stmt.where(campaigns.c.issue == issue)
         return [_row(r) for r in conn.execute(stmt.order_by(campaigns.c.id))]

@@ -391,7 +391,8 @@ class Outcome:
 
 
 def campaign_states(store: Store) -> dict[tuple[str, str], CampaignState]:
-    """Every campaign by (issue, list name), with whether a process is sending it now."""
+    """Every issue's campaign by (issue, list name), with whether a process is sending it
+    now (welcome steps left out)."""
     from sqlalchemy import select
 
     from .campaign import running_campaigns
@@ -404,6 +405,7 @@ def campaign_states(store: Store) -> dict[tuple[str, str], CampaignState]:
                    campaigns.c.total,
                    campaigns.c.last_error, campaigns.c.created_at, campaigns.c.finished_at)
             .select_from(campaigns.join(lists, lists.c.id == campaigns.c.list_id))
+            .where(campaigns.c.sequence.is_(None))  # a welcome step is not an issue
             .order_by(campaigns.c.id)
         ).all()
     return {

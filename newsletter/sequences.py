@@ -267,6 +267,20 @@ def render_step(config: Config, step: Step) -> Rendered:
     return render_issue(config, step_issue(step))
 
 
+def check_steps(config: Config, name: str, step: str | None = None) -> list[tuple[Rendered, list]]:
+    """The pre-flight checks of every step of sequence ``name`` (or of ``step``), as a tick
+    runs them before sending: each rendered step with its findings."""
+    from .checks import run_checks
+
+    sequence = find_sequence(config, name)
+    steps = [find_step(sequence, step)] if step else list(sequence.steps)
+    out = []
+    for each in steps:
+        rendered = render_step(config, each)
+        out.append((rendered, run_checks(config, rendered)))
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Starting a sequence, and the journal of its steps
 

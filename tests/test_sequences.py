@@ -356,3 +356,32 @@ def test_the_sequences_command_names_a_broken_file_and_exits_1(letter, cli, writ
     result = cli("sequences")
     assert result.exit_code == 1
     assert "01-a.md line 3: delay 3 is not a delay; write the unit, e.g. delay: 3d" in result.output
+
+
+def test_the_preview_shows_each_step_with_its_checks(letter, write):
+    from werkzeug.test import Client
+
+    from newsletter.web.preview import PreviewApp, SequenceWorkspace
+
+    write("sequences/welcome/01-welcome.md", WELCOME)
+    write("sequences/welcome/02-three-posts.md", THREE_POSTS.replace("https://blog.example.com/quota", "quota.html"))
+    app = PreviewApp(SequenceWorkspace(letter / "newsletter.toml", "welcome"))
+    app.live.poll()
+    client = Client(app)
+    index = client.get("/").get_data(as_text=True)
+    assert "01-welcome" in index and "sent on joining" in index and "sent 3d after joining" in index
+    first = client.get("/issue/01-welcome/")
+    assert first.status_code == 200 and "Welcome aboard" in first.get_data(as_text=True)
+    second = client.get("/issue/02-three-posts/").get_data(as_text=True)
+    assert "is not absolute" in second  # the checks run on steps too
+    assert client.get("/issue/03-nothing/").status_code == 404
+
+
+def test_check_runs_on_a_sequences_steps(letter, write, cli):
+    write("sequences/welcome/01-welcome.md", WELCOME)
+    result = cli("check", "--sequence", "welcome")
+    assert result.exit_code == 0 and "checked welcome/01-welcome" in result.output
+    write("sequences/welcome/02-bad.md", THREE_POSTS.replace("https://blog.example.com/quota", "quota.html"))
+    result = cli("check", "--sequence", "welcome")
+    assert result.exit_code == 1
+    assert "'quota.html' is not absolute" in result.output

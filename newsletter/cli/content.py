@@ -132,13 +132,33 @@ def build(env: Env, issue: str | None) -> None:
         raise ChecksFailed("the issue has errors (listed above); fix them before sending")
 
 
+SEQUENCE_OPTION = click.option(
+    "--sequence", metavar="NAME",
+    help="A welcome sequence's steps (sequences/NAME/) instead of the issues; ISSUE then "
+    "names a step (default: every step, or the first).")
+
+
 @click.command()
 @ISSUE_ARG
+@SEQUENCE_OPTION
 @pass_env
-def check(env: Env, issue: str | None) -> None:
+def check(env: Env, issue: str | None, sequence: str | None) -> None:
     """Run the pre-flight checks on ISSUE; exit 1 if any error-level check fails."""
     from ..checks import has_errors
     from ..errors import ChecksFailed
+
+    if sequence is not None:
+        from ..sequences import check_steps
+
+        failed = False
+        for rendered, findings in check_steps(env.config, sequence, issue):
+            click.echo(f"checked {rendered.slug}")
+            print_findings(findings)
+            failed = failed or has_errors(findings)
+        if failed:
+            raise ChecksFailed("the sequence has errors (listed above); fix them: no step with "
+                               "an error is sent")
+        return
     from ..issue_checks import check as run
 
     rendered, findings = run(env.config, issue)
@@ -156,15 +176,18 @@ def check(env: Env, issue: str | None) -> None:
 @click.option("--screenshot", "shots", type=click.Path(file_okay=False, path_type=Path),
               help="Write phone.png, desktop.png and dark.png of the email into this folder "
               "with headless Chromium, then exit.")
+@SEQUENCE_OPTION
 @pass_env
 def preview(env: Env, issue: str | None, port: int | None, no_open: bool,
-            shots: Path | None) -> None:
+            shots: Path | None, sequence: str | None) -> None:
     """Preview ISSUE (default: the newest) as readers see it, updating as you save.
 
     Serves a page on 127.0.0.1 with the inbox line, the email on a phone, in dark mode and
     on a desktop, the plain-text part, the headers and the pre-flight checks. Press Ctrl-C
-    to stop.
+    to stop. With --sequence NAME, the steps of that welcome sequence instead.
     """
+    if shots is not None and sequence is not None:
+        raise click.UsageError("--screenshot takes issues only; preview the sequence in the browser")
     if shots is not None:
         from ..web.screenshot import screenshots
 
@@ -184,7 +207,7 @@ def preview(env: Env, issue: str | None, port: int | None, no_open: bool,
         return send_proofs(load(env.config.path), rendered)
 
     server, page = serve(env.config, issue, port=port, send_test=send_test,
-                         log=lambda line: click.echo(line, err=True))
+                         log=lambda line: click.echo(line, err=True), sequence=sequence)
     click.echo(f"previewing at {page}  (Ctrl-C to stop)")
     if not no_open:
         webbrowser.open(page)

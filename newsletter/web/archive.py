@@ -83,7 +83,7 @@ def sent_issues(config: Config, store: Store, slug: str | None = None) -> list[A
     stmt = (
         select(campaigns.c.issue, campaigns.c.subject, campaigns.c.web_html,
                campaigns.c.created_at, campaigns.c.updated_at)
-        .where(sent, func.length(campaigns.c.web_html) > 0)
+        .where(sent, func.length(campaigns.c.web_html) > 0, campaigns.c.sequence.is_(None))
         .order_by(campaigns.c.id)
     )
     if slug is not None:

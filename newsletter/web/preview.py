@@ -244,15 +244,20 @@ class Workspace:
                                     state=issue_state(issue, sent.get(issue.slug))))
         return out
 
-    def build(self, slug: str) -> IssuePreview:
-        """Load, render and check one issue; raises NewsletterError naming file and line."""
-        config = self.config()
+    def render(self, config: Config, slug: str) -> Rendered:
+        """The issue ``slug``, loaded and rendered."""
         if not self.has(slug):
             known = ", ".join(self.slugs()) or "none yet"
             raise IssueNotFound(f"no issue {slug!r} in {self.issues_dir} (issues: {known})")
         issue = load_issue(self.issues_dir / slug, config.newsletter.author,
                            config.newsletter.timezone)
-        rendered = render_issue(config, issue)
+        return render_issue(config, issue)
+
+    def build(self, slug: str) -> IssuePreview:
+        """Load, render and check one issue; raises NewsletterError naming file and line."""
+        config = self.config()
+        rendered = self.render(config, slug)
+        issue = rendered.issue
         findings = tuple(run_checks(config, rendered))
         proof = sample(config, rendered, preview_prefix(slug) + "web/")
         body = proof.message.get_body(("plain",))
@@ -293,6 +298,48 @@ class Workspace:
             f"unexpected {type(exc).__name__}: {exc}"
         )
         return message.replace(f"{self.root}{os.sep}", "")
+
+
+class SequenceWorkspace(Workspace):
+    """The steps of one welcome sequence (sequences/<name>/) in place of the issues: each
+    step's page is the email a new reader gets, with the same checks as an issue."""
+
+    def __init__(self, config_path: Path | str, name: str) -> None:
+        super().__init__(config_path)
+        self.name = name
+        self.folder = self.root / "sequences" / name
+
+    def _steps(self):
+        from ..sequences import load_sequence
+
+        return load_sequence(self.folder).steps
+
+    def slugs(self) -> list[str]:
+        try:
+            return [step.name for step in self._steps()]
+        except NewsletterError:
+            return sorted(p.stem for p in self.folder.glob("[0-9]*.md"))
+
+    def listing(self) -> list[IssueListing]:
+        from ..sequences import show_delay
+
+        try:
+            steps = self._steps()
+        except NewsletterError as exc:
+            return [IssueListing(slug=self.name, error=self.describe(exc))]
+        return [IssueListing(slug=step.name, subject=step.subject,
+                             state=IssueState("sent on joining" if not step.delay else
+                                              f"sent {show_delay(step.delay)} after joining"))
+                for step in steps]
+
+    def render(self, config: Config, slug: str) -> Rendered:
+        from ..sequences import find_step, load_sequence, render_step
+
+        return render_step(config, find_step(load_sequence(self.folder), slug))
+
+    def watched(self) -> list[Path]:
+        return [self.config_path, self.root / ".env", self.folder, self.root / "templates",
+                builtin_templates()]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -840,11 +887,21 @@ def resolve_slug(config: Config, name: str | None) -> str | None:
 
 def serve(config: Config, issue: str | None = None, *, host: str = DEFAULT_HOST,
           port: int | None = None, send_test: SendTest | None = None,
-          log: Log | None = None) -> tuple[PreviewServer, str]:
+          log: Log | None = None, sequence: str | None = None) -> tuple[PreviewServer, str]:
     """A preview server for ``config``'s folder and the URL of ``issue``'s page (the newest
-    issue by default, the index when there are none). Call ``serve_forever`` on it."""
-    slug = resolve_slug(config, issue)
-    app = PreviewApp(Workspace(config.path), send_test=send_test, log=log)
+    issue by default, the index when there are none); with ``sequence``, of that welcome
+    sequence's steps instead (``issue`` then names a step). Call ``serve_forever`` on it."""
+    workspace: Workspace
+    if sequence is not None:
+        from ..sequences import find_sequence, find_step
+
+        found = find_sequence(config, sequence)
+        slug: str | None = find_step(found, issue).name if issue else found.steps[0].name
+        workspace = SequenceWorkspace(config.path, found.name)
+    else:
+        slug = resolve_slug(config, issue)
+        workspace = Workspace(config.path)
+    app = PreviewApp(workspace, send_test=send_test, log=log)
     server = PreviewServer(app, host=host, port=config.preview.port if port is None else port)
     page = server.url + (preview_prefix(slug)[1:] if slug else "")
     return server, page
