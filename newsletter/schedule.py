@@ -439,6 +439,7 @@ def record_outcome(store: Store, planned: Planned, outcome: str, detail: str,
     (so a failure that goes on unchanged is reported once, not every minute)."""
     from sqlalchemy import select
 
+    from .store import upsert
     from .store.schema import schedule_outcomes as t
 
     assert planned.send_at is not None
@@ -452,19 +453,10 @@ def record_outcome(store: Store, planned: Planned, outcome: str, detail: str,
         ).first()
         new = old is None or (old.list_name, old.send_at, old.outcome, old.detail) != (
             planned.list_name, planned.send_at, outcome, detail)
-        upsert = _insert(conn.dialect.name)(t).values(issue=planned.slug, first_seen=now, **values)
+        upsert = upsert(conn, t).values(issue=planned.slug, first_seen=now, **values)
         changes = {**values, "first_seen": now} if new else values
         conn.execute(upsert.on_conflict_do_update(index_elements=[t.c.issue], set_=changes))
     return new
-
-
-def _insert(dialect: str) -> Callable[..., Any]:
-    """INSERT ... ON CONFLICT for the database at hand (both speak it)."""
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert
 
 
 def sent_issues(config: Config) -> dict[str, dt.datetime]:
@@ -955,13 +947,14 @@ def _claim_feed_slot(store: Store, slot: dt.datetime, now: dt.datetime) -> tuple
     when this tick is not the one to draft it."""
     from sqlalchemy import select, update
 
+    from .store import upsert
     from .store.schema import feed_drafts as t
 
     with store.write() as conn:
         row = conn.execute(select(t.c.outcome, t.c.detail, t.c.updated_at)
                            .where(t.c.slot == slot).with_for_update()).first()
         if row is None:
-            claim = _insert(conn.dialect.name)(t).values(
+            claim = upsert(conn, t).values(
                 slot=slot, outcome="drafting", first_seen=now, updated_at=now)
             taken = conn.execute(claim.on_conflict_do_nothing(index_elements=[t.c.slot])
                                  .returning(t.c.slot)).first()

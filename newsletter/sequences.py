@@ -33,12 +33,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, bindparam, exists, func, insert, select, update
-from sqlalchemy.exc import IntegrityError
 
 from .config import Config
 from .content import Document, Issue, _known_keys, _string, read_document
 from .errors import ContentError, NewsletterError
-from .store import Store
+from .store import Store, upsert
 from .store.schema import campaigns, deliveries, lists, memberships
 from .store.schema import sequences as sequences_t
 from .store.schema import subscribers as subscribers_t
@@ -317,28 +316,22 @@ def start(config: Config, store: Store, sequence: Sequence, now: dt.datetime) ->
     the same moment, keeps the first time), and make a journal for each of its steps."""
     list_name = sequence.list_name or config.newsletter.default_list
     lid = resolve_list_id(store, list_name)
-    for attempt in (1, 2):
-        try:
-            with store.write() as conn:
-                found = conn.execute(
-                    select(sequences_t.c.list_id, sequences_t.c.started_at)
-                    .where(sequences_t.c.name == sequence.name).with_for_update()
-                ).first()
-                if found is None:
-                    conn.execute(insert(sequences_t).values(
-                        name=sequence.name, list_id=lid, started_at=now, problem=""))
-                elif found.started_at is None or found.list_id != lid:
-                    # First start after a broken start, or moved to another list: readers
-                    # who join that list from now on.
-                    conn.execute(update(sequences_t).where(sequences_t.c.name == sequence.name)
-                                 .values(list_id=lid, started_at=now))
-                for step in sequence.steps:
-                    _open_step(conn, step, lid, config.provider.name, now)
-            break
-        except IntegrityError:
-            if attempt == 2:
-                raise
-            # Another process started it, or opened a step, at the same moment: look again.
+    with store.write() as conn:
+        # The row is the lock: a second process waits here for the first one's commit.
+        conn.execute(upsert(conn, sequences_t)
+                     .values(name=sequence.name, list_id=lid, started_at=now, problem="")
+                     .on_conflict_do_nothing(index_elements=[sequences_t.c.name]))
+        found = conn.execute(
+            select(sequences_t.c.list_id, sequences_t.c.started_at)
+            .where(sequences_t.c.name == sequence.name).with_for_update()
+        ).one()
+        if found.started_at is None or found.list_id != lid:
+            # First start after its files failed to load, or moved to another list:
+            # readers who join that list from now on.
+            conn.execute(update(sequences_t).where(sequences_t.c.name == sequence.name)
+                         .values(list_id=lid, started_at=now))
+        for step in sequence.steps:
+            _open_step(conn, step, lid, config.provider.name, now)
     got = started(store, sequence.name)
     assert got is not None
     return got
@@ -363,17 +356,12 @@ def record_problem(store: Store, name: str, problem: str) -> bool:
     """Keep the problems a tick found for sequence ``name``; True when they differ from the
     last tick's (so a problem that goes on is reported once, not every minute)."""
     with store.write() as conn:
+        conn.execute(upsert(conn, sequences_t).values(name=name, problem="")
+                     .on_conflict_do_nothing(index_elements=[sequences_t.c.name]))
         old = conn.execute(
             select(sequences_t.c.problem).where(sequences_t.c.name == name).with_for_update()
-        ).first()
-        if old is None:
-            try:
-                with conn.begin_nested():
-                    conn.execute(insert(sequences_t).values(name=name, problem=problem))
-            except IntegrityError:
-                return False  # another tick recorded it at the same moment
-            return bool(problem)
-        if (old.problem or "") == problem:
+        ).scalar_one()
+        if (old or "") == problem:
             return False
         conn.execute(update(sequences_t).where(sequences_t.c.name == name).values(problem=problem))
         return bool(problem)
@@ -496,7 +484,9 @@ class SequenceEvent:
 
     def __str__(self) -> str:
         where = f"{self.sequence}/{self.step}" if self.step else self.sequence
-        verb = {"sent": "sent", "stopped": "stopped", "failed": "not sent", "missed": "missed",
+        if self.outcome == "sent":
+            return f"sequence {where}: {self.detail}"
+        verb = {"stopped": "stopped", "failed": "not sent", "missed": "missed",
                 "busy": "left alone"}[self.outcome]
         return f"sequence {where}: {verb}: {self.detail}"
 
@@ -535,10 +525,11 @@ def tick(config: Config, store: Store, now: dt.datetime, *,
                 found.extend(event)
                 if interrupted:
                     break
-        problems = "\n".join(str(e) for e in found if e.problem)
-        new = record_problem(store, sequence.name, problems)
-        events.extend(e if not e.problem else SequenceEvent(e.sequence, e.step, e.outcome, e.detail, new=new)
-                      for e in found)
+        # A failure that goes on is told once; each missed or stopped run is news.
+        failures = "\n".join(str(e) for e in found if e.outcome == "failed")
+        new = record_problem(store, sequence.name, failures)
+        events.extend(SequenceEvent(e.sequence, e.step, e.outcome, e.detail, new=new)
+                      if e.outcome == "failed" else e for e in found)
     return events, interrupted
 
 

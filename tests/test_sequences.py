@@ -214,6 +214,7 @@ def test_a_step_missed_while_the_machine_was_off_is_skipped_and_reported_once(le
     (event,) = events
     assert (event.step, event.outcome, event.problem, event.new) == ("01-welcome", "missed", True, True)
     assert "1 reader skipped" in event.detail
+    missed = event.detail
     assert mailed(letter, "welcome_01-welcome") == []
     # Step 2 falls due on the third day and is sent within the grace, late but sent.
     (event,) = tick(config, store, joined + 3 * DAY + dt.timedelta(hours=5))
@@ -223,6 +224,10 @@ def test_a_step_missed_while_the_machine_was_off_is_skipped_and_reported_once(le
     first = report.steps[0]
     assert first.counts["skipped"] == 1 and first.skipped_reasons["late"] == 1
     assert t0 <= joined
+    # Another reader missed the same way later is news again, though the words are the same.
+    subs.add(store, "bo@example.org", confirmed=True)
+    (again,) = tick(config, store, dt.datetime.now(UTC) + 2 * DAY)
+    assert (again.step, again.outcome, again.new, again.detail) == ("01-welcome", "missed", True, missed)
 
 
 def test_a_step_added_later_is_not_sent_to_readers_whose_time_had_passed(letter_seq, letter, write):

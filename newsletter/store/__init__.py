@@ -47,6 +47,7 @@ __all__ = [
     "open_store",
     "open_store_or_scratch",
     "schema",
+    "upsert",
 ]
 
 
@@ -124,6 +125,16 @@ class Store:
 
     def __repr__(self) -> str:
         return f"Store({self.display_url!r})"
+
+
+def upsert(conn: Connection, table: Table) -> Any:
+    """An INSERT into ``table`` that can say ON CONFLICT DO NOTHING / DO UPDATE, in the
+    connection's dialect (both speak it)."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    return dialect_insert(table)
 
 
 def open_store(

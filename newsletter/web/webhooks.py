@@ -50,12 +50,12 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from sqlalchemy import Connection, Table, and_, delete, func, select, update
+from sqlalchemy import Connection, and_, delete, func, select, update
 
 from ..addresses import hash_key, parse_address
 from ..config import Config
 from ..errors import InvalidAddress, NewsletterError, StoreError
-from ..store import Store, open_store
+from ..store import Store, open_store, upsert
 from ..store.schema import campaigns, deliveries, events, memberships, subscribers, webhook_tokens
 from ..subscribers import suppress_hash
 
@@ -362,7 +362,7 @@ class TokenLedger:
         store = self.store
         with store.write() as conn:
             inserted = conn.execute(
-                _insert(conn, webhook_tokens)
+                upsert(conn, webhook_tokens)
                 .values(provider=provider, token=token, signed_at=dt.datetime.fromtimestamp(signed_at, dt.UTC))
                 .on_conflict_do_nothing(index_elements=["provider", "token"])
                 .returning(webhook_tokens.c.token)
@@ -827,19 +827,10 @@ def campaign_for(conn: Connection, message_ids: Iterable[str]) -> int | None:
     return None
 
 
-def _insert(conn: Connection, table: Table) -> Any:
-    """An INSERT that can say ON CONFLICT DO NOTHING, in the connection's dialect."""
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert(table)
-
-
 def _insert_event(conn: Connection, values: dict[str, Any]) -> bool:
     """Insert unless the provider's event id is recorded already; True when inserted."""
     inserted = conn.execute(
-        _insert(conn, events).values(**values)
+        upsert(conn, events).values(**values)
         .on_conflict_do_nothing(index_elements=["provider", "provider_event_id"])
         .returning(events.c.id)
     ).first()
