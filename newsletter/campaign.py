@@ -518,6 +518,7 @@ class RunResult:
     counts: Counts
     finished: bool
     stopped_reason: str | None = None
+    sent_now: int = 0  # sent by this run (other senders of the campaign not counted)
 
 
 class _StopFlag:
@@ -694,7 +695,8 @@ class Sender:
         final = counts(self.store, self.campaign.id)
         if status == "cancelled":
             why = "cancelled"
-        return RunResult(self.campaign, final, finished=finished, stopped_reason=None if finished else why)
+        return RunResult(self.campaign, final, finished=finished, stopped_reason=None if finished else why,
+                         sent_now=self.progress.sent_now)
 
     # -- journal -------------------------------------------------------------------------
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, bindparam, exists, func, insert, select, update
+from sqlalchemy import and_, bindparam, exists, func, insert, literal, or_, select, update
 
 from .config import Config
 from .content import Document, Issue, _known_keys, _string, read_document
@@ -575,11 +575,13 @@ def _tick_step(config: Config, store: Store, begun: Started, step: Step, now: dt
         if provider is not None:
             provider.close()
     c = result.counts
-    now_sent = c["sent"] - before["sent"]
-    parts = [f"{now_sent:,} sent"] + [
-        f"{c[s] - before[s]:,} {s}" for s in ("failed", "unknown") if c[s] - before[s]]
+    # What this run sent; failed and unknown as the journal moved while it ran (another
+    # tick sending the same step at the same moment says what it sent itself).
+    parts = [f"{result.sent_now:,} sent"] + [
+        f"{c[s] - before[s]:,} {s}" for s in ("failed", "unknown") if c[s] - before[s] > 0]
     if c["unknown"]:
-        parts.append(f"{c['unknown']:,} unknown in all (see `newsletter sequences`)")
+        parts.append(f"{c['unknown']:,} unknown in all: their email may have gone out, so they "
+                     "are not mailed again (`newsletter sequences` lists the step)")
     if result.finished:
         events.append(SequenceEvent(step.sequence, name, "sent", ", ".join(parts)))
         return events, None
@@ -634,7 +636,12 @@ def report(config: Config, store: Store, now: dt.datetime | None = None) -> list
             if journal is not None:
                 sr.counts, sr.skipped_reasons = journal[1], journal[2]
             if begun is not None and journal is not None:
-                sr.waiting = _waiting(store, begun, journal[0])
+                stale = _stopped_mid_call(store, journal[0]) if sr.counts["sending"] else 0
+                # Rows a sender that is gone left in flight: their outcome is unknown (the
+                # next tick says so in the journal too), and nobody waits for them.
+                sr.counts["unknown"] += stale
+                sr.counts["sending"] -= stale
+                sr.waiting = _waiting(store, begun, journal[0]) - stale
             rep.steps.append(sr)
         rep.orphans = [(key.partition("/")[2], counts) for key, (_id, counts, _r) in sorted(journals.items())]
         out.append(rep)
@@ -662,6 +669,20 @@ def _journals(store: Store, name: str) -> dict[str, tuple[int, Counter, Counter]
                 entry[2][ADDED_LATE if reason == ADDED_LATE else "late" if (reason or "").startswith("due ")
                          else "left"] += n
     return found
+
+
+def _stopped_mid_call(store: Store, campaign_id: int) -> int:
+    """Rows of the step left ``sending`` by senders that are no longer alive."""
+    from .campaign import live_workers
+
+    live = [w.token for w in live_workers(store, campaign_id)]
+    with store.read() as conn:
+        return conn.execute(
+            select(func.count()).where(
+                deliveries.c.campaign_id == campaign_id, deliveries.c.status == "sending",
+                or_(deliveries.c.worker.is_(None), deliveries.c.worker.not_in(live)) if live
+                else literal(True))
+        ).scalar_one()
 
 
 def _waiting(store: Store, begun: Started, campaign_id: int) -> int:
