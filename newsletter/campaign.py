@@ -54,6 +54,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
+from . import tracking
 from .config import Config
 from .errors import NewsletterError
 from .message import (
@@ -306,6 +307,7 @@ def start(store: Store, rendered: Rendered, list_name: str, provider_name: str) 
             select(func.count()).where(deliveries.c.campaign_id == campaign_id)
         ).scalar_one()
         conn.execute(update(campaigns).where(campaigns.c.id == campaign_id).values(total=total))
+        tracking.record(conn, rendered.slug, rendered.tracked, now)
     found = find_campaign(store, rendered.slug, list_name)
     assert found is not None
     return found
@@ -338,6 +340,7 @@ def check_content(campaign: CampaignRow, rendered: Rendered) -> None:
 def accept_content(store: Store, campaign: CampaignRow, rendered: Rendered) -> None:
     """--rerender: the recipients not yet sent get the issue as it is now."""
     with store.write() as conn:
+        tracking.record(conn, rendered.slug, rendered.tracked, utcnow())
         conn.execute(
             update(campaigns).where(campaigns.c.id == campaign.id).values(
                 content_hash=rendered.content_hash, source_hashes=rendered.source_hashes,
@@ -764,8 +767,9 @@ class Sender:
             except HeaderInjection as exc:
                 refused.append({"i": key, "r": str(exc)})
                 continue
-            # The canonical JSON of {"l": list, "s": subscriber}, written out: one per reader.
-            token = self.signer.sign_encoded(f'{{"l":{c.list_id},"s":{subscriber_id}}}')
+            # The canonical JSON of {"c": campaign, "l": list, "s": subscriber}, written out:
+            # one per reader. The campaign lets an unsubscribe count against this issue.
+            token = self.signer.sign_encoded(f'{{"c":{c.id},"l":{c.list_id},"s":{subscriber_id}}}')
             envelopes.append(Envelope(key, recipient, unsubscribe_prefix + token, f"<{c.uid}.{key}@{domain}>"))
             attempts[key] = tries
         if skipped:

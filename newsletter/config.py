@@ -131,6 +131,13 @@ class FeedSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class TrackingSettings:
+    # Links in the email go through <site_url>/l/<id>, which counts one click per link of an
+    # issue (never who clicked) and redirects. Off by default.
+    clicks: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: Path
     newsletter: NewsletterSettings
@@ -141,6 +148,7 @@ class Config:
     web: WebSettings
     env: Mapping[str, str] = field(repr=False)
     feed: FeedSettings = field(default_factory=FeedSettings)
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)
 
     @property
     def root(self) -> Path:
@@ -550,7 +558,8 @@ def mask_url(url: str) -> str:
 def parse(data: Mapping[str, Any], path: Path, env: Mapping[str, str]) -> Config:
     problems: list[str] = []
     root = path.parent
-    known_sections = {"newsletter", "schedule", "provider", "database", "preview", "web", "feed"}
+    known_sections = {"newsletter", "schedule", "provider", "database", "preview", "web", "feed",
+                      "tracking"}
     for name in data:
         if name not in known_sections:
             problems.append(
@@ -623,6 +632,10 @@ def parse(data: Mapping[str, Any], path: Path, env: Mapping[str, str]) -> Config
         fd.problem("auto", f'"{feed_auto}" needs the feed\'s address: add url = "https://…/feed/"')
     fd.finish()
 
+    tr = _Section("tracking", data.get("tracking"), problems)
+    track_clicks = tr.get("clicks", False, _flag)
+    tr.finish()
+
     if problems:
         raise ConfigError(problems, _display_path(path))
 
@@ -665,6 +678,7 @@ def parse(data: Mapping[str, Any], path: Path, env: Mapping[str, str]) -> Config
         ),
         env=env,
         feed=FeedSettings(url=feed_url, content=feed_content, auto=feed_auto, lead=feed_lead),
+        tracking=TrackingSettings(clicks=track_clicks),
     )
 
 

@@ -84,6 +84,7 @@ class Rendered:
     links: tuple[LinkRef, ...]
     source_hashes: dict[str, str] = field(default_factory=dict)
     images: tuple[images.Image, ...] = ()  # the local images, measured (and resized)
+    tracked: dict[str, str] = field(default_factory=dict)  # [tracking] clicks: link id -> address
 
     @property
     def slug(self) -> str:
@@ -648,6 +649,11 @@ def render_issue(config: Config, issue: Issue) -> Rendered:
 
     email_context = context(web=False)
     html = inline_css(render_template(config, "email.html", email_context), cache=config.cache_dir)
+    tracked: dict[str, str] = {}
+    if config.tracking.clicks and not issue.sequence:
+        from .tracking import track
+
+        html, tracked = track(html, issue.slug, n.site_url)
     text = _tidy_text(render_template(config, "email.txt", email_context))
     web_html = render_template(config, "web.html", context(web=True))
     published = assets.all()
@@ -663,6 +669,7 @@ def render_issue(config: Config, issue: Issue) -> Rendered:
         links=tuple(links),
         source_hashes=source_hashes(config, issue, published),
         images=tuple(assets.images.values()),
+        tracked=tracked,
     )
 
 

@@ -50,6 +50,7 @@ def main(ctx: click.Context, config_path: str | None) -> None:
 def _register() -> None:
     from . import content as content_commands
     from . import providers as provider_commands
+    from . import report as report_commands
     from . import schedule as schedule_commands
     from . import send as send_commands
     from . import sequences as sequence_commands
@@ -57,7 +58,7 @@ def _register() -> None:
     from . import web as web_commands
 
     for module in (content_commands, subscriber_commands, send_commands, schedule_commands,
-                   sequence_commands, provider_commands, web_commands):
+                   sequence_commands, report_commands, provider_commands, web_commands):
         for command in module.COMMANDS:
             main.add_command(command)
 

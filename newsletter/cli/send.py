@@ -246,6 +246,11 @@ def status(env: Env, issue: str | None) -> None:
                     click.echo(f"    {address}")
             for line in engine.event_summary(store, campaign.id):
                 click.echo(f"  {line}")
+            if c["sent"]:
+                from ..report import issue_report
+
+                click.echo(f"  how it did: {issue_report(store, campaign).headline()} "
+                           f"(`newsletter report {campaign.issue}`)")
 
 
 @click.command()

@@ -303,6 +303,23 @@ def _v8_sequences(conn: Connection) -> None:
     conn.execute(text("CREATE INDEX ix_memberships_welcome ON memberships (list_id, welcome_from)"))
 
 
+def _v9_links(conn: Connection) -> None:
+    """The tracked links of sent issues ([tracking] clicks), one click counter each."""
+    md = MetaData(naming_convention=NAMING)
+    Table(
+        "links",
+        md,
+        Column("id", String(32), primary_key=True),
+        Column("issue", String(200), nullable=False),
+        Column("url", Text, nullable=False),
+        Column("position", Integer, nullable=False, server_default="0"),
+        Column("clicks", Integer, nullable=False, server_default="0"),
+        Column("created_at", UtcDateTime, nullable=False),
+        Index("ix_links_issue", "issue"),
+    )
+    md.create_all(conn)
+
+
 STEPS: tuple[Step, ...] = (
     Step(1, "lists, subscribers, memberships, suppressions", _v1_initial),
     Step(2, "campaigns, deliveries, events", _v2_campaigns),
@@ -312,6 +329,7 @@ STEPS: tuple[Step, ...] = (
     Step(6, "webhook signature tokens already used", _v6_webhook_tokens),
     Step(7, "what tick drafted from the blog's feed", _v7_feed_drafts),
     Step(8, "welcome sequences", _v8_sequences),
+    Step(9, "tracked links and their clicks", _v9_links),
 )
 
 LATEST = STEPS[-1].version

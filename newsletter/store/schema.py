@@ -233,6 +233,10 @@ campaign_workers = Table(
     Index("ix_campaign_workers_campaign", "campaign_id"),
 )
 
+# The event a reader leaving through an issue's unsubscribe link (one-click or the page's
+# button) leaves, with the campaign and without the reader: the report counts them.
+LEFT_BY_LINK = "left_by_link"
+
 events = Table(
     "events",
     metadata,
@@ -319,6 +323,21 @@ sequences = Table(
     Column("started_at", UtcDateTime, nullable=True),  # NULL: its files have not loaded yet
     # The problems the last tick reported for it, so that one that goes on is told once.
     Column("problem", Text, nullable=False, server_default=""),
+)
+
+# The links of sent issues when [tracking] clicks is on: the email links to
+# <site_url>/l/<id>, the same address for every reader, and `serve` redirects to ``url`` and
+# adds one to ``clicks``. Nothing about who clicked is kept.
+links = Table(
+    "links",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("issue", String(200), nullable=False),
+    Column("url", Text, nullable=False),
+    Column("position", Integer, nullable=False, server_default="0"),  # order in the email
+    Column("clicks", Integer, nullable=False, server_default="0"),
+    Column("created_at", UtcDateTime, nullable=False),
+    Index("ix_links_issue", "issue"),
 )
 
 # Names of the tables this release creates, for spotting a database that belongs to

@@ -115,6 +115,7 @@ class PublicApp:
             Rule("/archive/<slug>/", endpoint="archive_issue"),
             Rule("/archive/<slug>/<path:name>", endpoint="archive_asset"),
             Rule("/feed.xml", endpoint="feed"),
+            Rule("/l/<key>", endpoint="link", methods=["GET", "HEAD"]),
             Rule("/static/site.css", endpoint="stylesheet"),
             Rule("/favicon.ico", endpoint="favicon"),
         ], merge_slashes=False)
@@ -193,6 +194,18 @@ class PublicApp:
         return best == "application/json" and not request.accept_mimetypes.accept_html
 
     # -- pages -------------------------------------------------------------------------------
+
+    def on_link(self, request: Request, key: str) -> Response:
+        """A tracked link of a sent issue: to where it points, one more click for that link
+        (of that issue, not of anybody). A HEAD only looks, as link scanners do."""
+        from ..tracking import follow
+
+        found = follow(self.store, key, count=request.method == "GET")
+        if found is None:
+            return self.error(request, 404, "Not found", "There is no such link.")
+        response = Response(status=302, headers={"Location": found.url, "Cache-Control": "no-store",
+                                                 "Referrer-Policy": "no-referrer"})
+        return http.secure(response, PAGE_CSP)
 
     def on_home(self, request: Request) -> Response:
         location = f"{self.config.newsletter.site_url}/archive/"

@@ -67,7 +67,15 @@ from ..optin import (
 )
 from ..providers import BatchError, Provider, get_provider
 from ..store import Store
-from ..store.schema import lists, memberships, subscribers, suppressions
+from ..store.schema import (
+    LEFT_BY_LINK,
+    campaigns,
+    events,
+    lists,
+    memberships,
+    subscribers,
+    suppressions,
+)
 from ..subscribers import suppression_of
 from ..tokens import BadToken, verify
 
@@ -256,6 +264,7 @@ class UnsubscribeTarget:
     subscriber_id: int
     list: ListRef | None  # None: the list is gone, or a test copy
     test: bool  # a proof or sample copy: nobody to unsubscribe
+    campaign_id: int | None = None  # the issue whose link it is (links made before: None)
 
 
 def read_unsubscribe(store: Store, secret: str, token: str) -> UnsubscribeTarget:
@@ -265,9 +274,14 @@ def read_unsubscribe(store: Store, secret: str, token: str) -> UnsubscribeTarget
     if sub_id == 0:
         return UnsubscribeTarget(0, None, test=True)
     sub_id, list_id = _int(data, "s"), _int(data, "l")
+    campaign_id = _int(data, "c") if "c" in data else None
     with store.read() as conn:
         row = conn.execute(select(lists.c.id, lists.c.name, lists.c.title).where(lists.c.id == list_id)).first()
-    return UnsubscribeTarget(sub_id, ListRef(row.id, row.name, row.title) if row else None, test=False)
+        if campaign_id is not None and conn.execute(
+                select(campaigns.c.id).where(campaigns.c.id == campaign_id)).first() is None:
+            campaign_id = None  # the campaign was deleted since: the unsubscribe still counts
+    return UnsubscribeTarget(sub_id, ListRef(row.id, row.name, row.title) if row else None, test=False,
+                             campaign_id=campaign_id)
 
 
 def unsubscribe(store: Store, target: UnsubscribeTarget, now: dt.datetime | None = None) -> bool:
@@ -275,14 +289,21 @@ def unsubscribe(store: Store, target: UnsubscribeTarget, now: dt.datetime | None
     nothing to leave). Pending memberships are closed too."""
     if target.test or target.list is None:
         return False
+    now = now or utcnow()
     with store.write() as conn:
-        return conn.execute(
+        left = conn.execute(
             update(memberships)
             .where(memberships.c.list_id == target.list.id,
                    memberships.c.subscriber_id == target.subscriber_id,
                    memberships.c.status != "unsubscribed")
-            .values(status="unsubscribed", unsubscribed_at=now or utcnow())
+            .values(status="unsubscribed", unsubscribed_at=now)
         ).rowcount > 0
+        if left:
+            # Counted against the issue whose link it was; who left is not part of it.
+            conn.execute(insert(events).values(
+                provider="site", kind=LEFT_BY_LINK, email_hash=None, campaign_id=target.campaign_id,
+                provider_event_id=None, detail="", occurred_at=now, created_at=now))
+        return left
 
 
 # ---------------------------------------------------------------------------------------------
