@@ -142,6 +142,28 @@ def find(store: Store, issue: str, list_name: str | None = None) -> CampaignRow:
     return found
 
 
+def headlines(config: Any) -> dict[str, str]:
+    """Each sent issue's headline figures by slug (its campaigns' lines joined), or {} when
+    there is no database to ask. Read only: a database not made yet is not created."""
+    from .campaign import all_campaigns
+    from .errors import NewsletterError
+    from .store import open_store, sqlite_path
+
+    path = sqlite_path(config.database.url)
+    if config.database.url.startswith("sqlite") and (path is None or not path.exists()):
+        return {}
+    found: dict[str, list[str]] = {}
+    try:
+        with open_store(config, upgrade=False) as store:
+            for campaign in all_campaigns(store):
+                r = issue_report(store, campaign)
+                if r.sent:
+                    found.setdefault(campaign.issue, []).append(r.headline())
+    except NewsletterError:
+        return {}
+    return {slug: "; ".join(lines) for slug, lines in found.items()}
+
+
 # ---------------------------------------------------------------------------------------------
 # The weeks
 

@@ -136,6 +136,10 @@ def test_the_index_says_sent_once_the_database_has_a_finished_campaign(sample_le
     assert states[QUOTA].label.endswith(("CET", "CEST"))
     assert states[LISTEN].kind == "draft"
     assert "sent on " in page(Client(make_app(sample_letter)), "/")
+    # and its headline figures, as `newsletter status` shows them
+    numbers = {item.slug: item.numbers for item in Workspace(sample_letter / "newsletter.toml").listing()}
+    assert numbers[QUOTA] == "1 sent, 0 unsubscribed" and numbers[LISTEN] == ""
+    assert "1 sent, 0 unsubscribed" in page(Client(make_app(sample_letter)), "/")
 
 # ---------------------------------------------------------------------------------------------
 # The issue page and the email's parts

@@ -47,6 +47,7 @@ from ..config import load as load_config
 from ..content import Issue, issue_folders, load_issue, resolve_issue
 from ..errors import IssueNotFound, NewsletterError
 from ..render import Rendered, builtin_templates, render_issue
+from ..report import headlines
 from ..schedule import sent_issues
 from ..wording import plural
 from . import http
@@ -109,6 +110,7 @@ class IssueListing:
     date: dt.date | None = None
     state: IssueState | None = None
     error: str | None = None
+    numbers: str = ""  # a sent issue's headline figures (`newsletter report` has the rest)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,6 +235,7 @@ class Workspace:
         config = self.config()
         tz = config.newsletter.timezone
         sent = {slug: when.astimezone(tz) for slug, when in sent_issues(config).items()}
+        numbers = headlines(config) if sent else {}
         out = []
         for folder in reversed(issue_folders(self.issues_dir)):
             try:
@@ -241,7 +244,8 @@ class Workspace:
                 out.append(IssueListing(slug=folder.name, error=self.describe(exc)))
                 continue
             out.append(IssueListing(slug=issue.slug, subject=issue.subject, date=issue.date,
-                                    state=issue_state(issue, sent.get(issue.slug))))
+                                    state=issue_state(issue, sent.get(issue.slug)),
+                                    numbers=numbers.get(issue.slug, "")))
         return out
 
     def render(self, config: Config, slug: str) -> Rendered:
