@@ -26,7 +26,7 @@ def _number(n: int) -> str:
     return f"{n:,}"
 
 
-def _short(text: str, limit: int = 34) -> str:
+def _short(text: str, limit: int = 28) -> str:
     text = text.removeprefix("https://").removeprefix("http://").removeprefix("www.")
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
