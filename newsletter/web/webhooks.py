@@ -25,11 +25,23 @@ check; for every service a replay of an event already recorded changes nothing (
 unique per provider id).
 
 Parsing maps a service's payload to :class:`WebhookEvent`: a kind from one vocabulary
-(``bounce``, ``soft_bounce``, ``complaint``, ``unsubscribe``, ``delivered``, ...), the
-address, the message ids that can tie it to a campaign, the event's own id and time.
+(``bounce``, ``soft_bounce``, ``complaint``, ``unsubscribe``, ``delivered``, ``opened``,
+``clicked``, ...), the address, the message ids that can tie it to a campaign, the event's
+own id and time, and for a click the link (:func:`link_detail`).
 :func:`record_events` then stores them (the address only as its hash) and acts: a permanent
 bounce or a complaint suppresses the address, soft bounces in a row suppress it once there
 are ``[web] soft_bounce_limit`` of them, an unsubscribe leaves the list.
+
+Opens and clicks are counted per issue and per link, never per reader: their rows keep no
+address hash, and their ids are the service's own opaque ones (or, for Postmark, which gives
+none, a digest keyed with the webhook password), so that nothing in the database ties a
+click to the person who made it. The address is used only to attribute the event to a
+campaign before it is dropped.
+
+An event is attributed to a campaign by a message id (:func:`campaign_for`). One that
+carries no message id at all is attributed to the last campaign sent to its address before
+it happened (:func:`last_campaign_mailed`); one whose message ids are none of ours is left
+unattributed, for it is another message (a test send, a confirmation email).
 """
 
 from __future__ import annotations
@@ -48,7 +60,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
+from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 from sqlalchemy import Connection, and_, delete, func, select, update
 
@@ -66,6 +78,9 @@ SOFT_BOUNCE = "soft_bounce"
 COMPLAINT = "complaint"
 UNSUBSCRIBE = "unsubscribe"
 DELIVERED = "delivered"
+OPENED = "opened"
+CLICKED = "clicked"
+ANONYMOUS = frozenset({OPENED, CLICKED})  # stored without the reader's address hash
 
 PROVIDERS = ("postmark", "sendgrid", "mailgun", "resend", "ses")
 DETAIL_LIMIT = 500
@@ -88,6 +103,9 @@ class WebhookEvent:
     event_id: str  # unique per provider; a replay carries the same one
     occurred_at: dt.datetime | None
     detail: str = ""
+    # The delivery journal row the service says the message was (SendGrid's custom arg): a
+    # hint only, believed when that row's provider id matches one of ``message_ids``.
+    delivery: int | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,10 +120,61 @@ def scrub(text: Any) -> str:
     return _ADDRESS.sub("[address]", flat)[:DETAIL_LIMIT]
 
 
+_TOKEN_PATH = re.compile(r"(/(?:unsubscribe|confirm)/)[^/?#]+")
+
+
+def _has_address(piece: str) -> bool:
+    """An address in a piece of a URL, also when percent-encoded (once or twice)."""
+    once = unquote_plus(piece)
+    return any(_ADDRESS.search(text) for text in (piece, once, unquote_plus(once)))
+
+
+def link_detail(url: Any) -> str:
+    """A clicked link fit for the database: the URL only, the same for every reader who
+    clicked it. An address anywhere in it (raw or percent-encoded: a query value, a path
+    segment, the fragment, user info) becomes ``[address]``, and the reader's own token in
+    an unsubscribe or confirm link ``[token]``; it is bounded as :func:`scrub` bounds text.
+    (Not :func:`scrub` itself on the whole URL: it would take ``https://x/?via=@ann`` for
+    an address and keep nothing of the link.) Applied twice it changes nothing more."""
+    text = " ".join(str(url or "").split())
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return scrub(text)
+
+    def clean(component: str, sep: str) -> str:
+        pieces = []
+        for piece in component.split(sep):
+            name, eq, value = piece.partition("=")
+            if sep == "&" and eq and not _has_address(name):
+                pieces.append(f"{name}=[address]" if _has_address(value) else piece)
+            else:
+                pieces.append("[address]" if _has_address(piece) else piece)
+        return sep.join(pieces)
+
+    netloc = parts.netloc.rpartition("@")[2]  # user info is never the link's identity
+    path = _TOKEN_PATH.sub(r"\1[token]", clean(parts.path, "/"))
+    query, fragment = clean(parts.query, "&"), clean(parts.fragment, "&")
+    return urlunsplit((parts.scheme, netloc, path, query, fragment))[:DETAIL_LIMIT]
+
+
 def _digest(*parts: Any) -> str:
     """An event id for services that give none: the same payload gives the same id."""
     data = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
     return "h:" + hashlib.sha256(data.encode("utf-8")).hexdigest()[:40]
+
+
+def _keyed_digest(key: bytes, *parts: Any) -> str:
+    """Like :func:`_digest` for an event stored without its reader: keyed, so that nobody
+    holding only the database can recompute it from an address and so find who it was."""
+    data = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    return "k:" + hmac.new(key, data.encode("utf-8"), hashlib.sha256).hexdigest()[:40]
+
+
+def _delivery_hint(value: Any) -> int | None:
+    """A delivery row id the service echoes back (a custom argument), when it is one."""
+    text = str(value).strip() if isinstance(value, str | int) and not isinstance(value, bool) else ""
+    return int(text) if text.isdigit() and 0 < int(text) < 2**31 else None
 
 
 def _when(value: Any) -> dt.datetime | None:
@@ -238,13 +307,19 @@ class PostmarkWebhook(Webhook):
                                r.get("SuppressSending"))
             return WebhookEvent(kind, r.get("Recipient"), message, event_id, _when(r.get("ChangedAt")),
                                 scrub(f"{reason} by {r.get('Origin') or '?'}"))
-        simple = {"Delivery": (DELIVERED, "DeliveredAt"), "Open": ("opened", "ReceivedAt"),
-                  "Click": ("clicked", "ReceivedAt")}
+        simple = {"Delivery": (DELIVERED, "DeliveredAt"), "Open": (OPENED, "ReceivedAt"),
+                  "Click": (CLICKED, "ReceivedAt")}
         kind, stamp = simple.get(record_type, (record_type.lower()[:32] or "unknown", "ReceivedAt"))
         address = r.get("Recipient") or r.get("Email")
-        event_id = _digest(record_type, r.get("MessageID"), address, r.get(stamp), r.get("ID"))
-        return WebhookEvent(kind, address, message, event_id, _when(r.get(stamp)),
-                            scrub(r.get("Details") or ""))
+        if kind in ANONYMOUS:
+            # Postmark gives opens and clicks no id: one keyed with the webhook password.
+            event_id = _keyed_digest(self.password, record_type, r.get("MessageID"), address,
+                                     r.get(stamp), r.get("OriginalLink"))
+            detail = link_detail(r.get("OriginalLink")) if kind == CLICKED else ""
+        else:
+            event_id = _digest(record_type, r.get("MessageID"), address, r.get(stamp), r.get("ID"))
+            detail = scrub(r.get("Details") or "")
+        return WebhookEvent(kind, address, message, event_id, _when(r.get(stamp)), detail)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -317,13 +392,20 @@ class SendgridWebhook(Webhook):
         elif name in ("unsubscribe", "group_unsubscribe"):
             kind = UNSUBSCRIBE
         else:
-            kind = {"delivered": DELIVERED, "open": "opened", "click": "clicked"}.get(name, name[:32] or "unknown")
-        sg_id = e.get("sg_message_id")
+            kind = {"delivered": DELIVERED, "open": OPENED, "click": CLICKED}.get(name, name[:32] or "unknown")
+        # sg_message_id begins with the request's X-Message-Id, which the journal records
+        # with the personalization's position ("<X-Message-Id>#<n>"); smtp-id, SendGrid's
+        # Message-ID, begins with it too, and is there when sg_message_id is not.
+        sg_id, smtp_id = e.get("sg_message_id"), e.get("smtp-id")
         prefix = sg_id.split(".", 1)[0] if isinstance(sg_id, str) else None
+        smtp_prefix = (smtp_id.strip().strip("<>").split("@", 1)[0].split(".", 1)[0]
+                       if isinstance(smtp_id, str) else None)
         event_id = str(e.get("sg_event_id") or _digest(e))
         status = e.get("status") or ""
-        return WebhookEvent(kind, e.get("email"), _ids(sg_id, prefix, e.get("smtp-id")), event_id,
-                            _when(e.get("timestamp")), scrub(f"{name} {status} {reason}".strip()))
+        detail = (link_detail(e.get("url")) if kind == CLICKED
+                  else scrub(f"{name} {status} {reason}".strip()))
+        return WebhookEvent(kind, e.get("email"), _ids(sg_id, prefix, smtp_id, smtp_prefix), event_id,
+                            _when(e.get("timestamp")), detail, _delivery_hint(e.get("nl_delivery")))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -460,16 +542,19 @@ class MailgunWebhook(Webhook):
         if name == "failed":
             kind = BOUNCE if d.get("severity") == "permanent" else SOFT_BOUNCE
         else:
-            kind = {"complained": COMPLAINT, "unsubscribed": UNSUBSCRIBE, "delivered": DELIVERED}.get(
-                name, name[:32] or "unknown")
+            kind = {"complained": COMPLAINT, "unsubscribed": UNSUBSCRIBE, "delivered": DELIVERED,
+                    "opened": OPENED, "clicked": CLICKED}.get(name, name[:32] or "unknown")
         message = d.get("message") if isinstance(d.get("message"), dict) else {}
         headers = message.get("headers") if isinstance(message.get("headers"), dict) else {}
         status = d.get("delivery-status") if isinstance(d.get("delivery-status"), dict) else {}
-        detail = f"{name} {d.get('severity') or ''} {d.get('reason') or ''} {status.get('code') or ''} " \
-                 f"{status.get('description') or status.get('message') or ''}"
+        if kind == CLICKED:
+            detail = link_detail(d.get("url"))
+        else:
+            detail = scrub(f"{name} {d.get('severity') or ''} {d.get('reason') or ''} {status.get('code') or ''} "
+                           f"{status.get('description') or status.get('message') or ''}")
         event_id = str(d.get("id") or _digest(d))
         return WebhookEvent(kind, d.get("recipient"), _ids(headers.get("message-id")), event_id,
-                            _when(d.get("timestamp")), scrub(detail))
+                            _when(d.get("timestamp")), detail)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -533,14 +618,22 @@ class ResendWebhook(Webhook):
             kind = SOFT_BOUNCE if bounce.get("type") in ("Transient", "Undetermined") else BOUNCE
         else:
             kind = {"email.complained": COMPLAINT, "email.delivered": DELIVERED,
-                    "email.delivery_delayed": "deferred", "email.opened": "opened",
-                    "email.clicked": "clicked", "email.sent": "sent"}.get(
+                    "email.delivery_delayed": "deferred", "email.opened": OPENED,
+                    "email.clicked": CLICKED, "email.sent": "sent"}.get(
                 name, name.removeprefix("email.")[:32] or "unknown")
         to = data.get("to")
         recipients = [to] if isinstance(to, str) else [a for a in to or [] if isinstance(a, str)]
-        detail = scrub(f"{name} {bounce.get('type') or ''} {bounce.get('subType') or ''} "
-                       f"{bounce.get('message') or ''}")
+        click = data.get("click") if isinstance(data.get("click"), dict) else {}
+        if kind == CLICKED:
+            detail = link_detail(click.get("link"))
+        else:
+            detail = scrub(f"{name} {bounce.get('type') or ''} {bounce.get('subType') or ''} "
+                           f"{bounce.get('message') or ''}")
         when = _when(payload.get("created_at") or data.get("created_at"))
+        if kind in ANONYMOUS:
+            # One open or click, by one of the recipients (Resend does not say which): one
+            # event, tied to the address only when there is just one.
+            recipients = recipients if len(recipients) == 1 else []
         many = len(recipients) > 1
         return [
             WebhookEvent(kind, address, _ids(data.get("email_id")), _per_recipient(msg_id, address, many),
@@ -720,9 +813,16 @@ class SesWebhook(Webhook):
             kind = DELIVERED
             people = list(part.get("recipients") or [])
             detail = f"delivered {part.get('smtpResponse') or ''}"
+        elif name in ("Open", "Click"):
+            # One open or click of the message (SES does not say by which recipient): one
+            # event, tied to the address only when the message had just one.
+            kind = OPENED if name == "Open" else CLICKED
+            people = list(mail.get("destination") or [])
+            people = people if len(people) == 1 else []
+            detail = link_detail(part.get("link")) if kind == CLICKED else name
         else:
-            kind = {"DeliveryDelay": "deferred", "Send": "sent", "Open": "opened", "Click": "clicked",
-                    "Reject": "rejected"}.get(name, name.lower()[:32] or "unknown")
+            kind = {"DeliveryDelay": "deferred", "Send": "sent", "Reject": "rejected"}.get(
+                name, name.lower()[:32] or "unknown")
             people = list(mail.get("destination") or [])
             detail = name
         people = [p for p in people if isinstance(p, str)]
@@ -801,13 +901,17 @@ def email_hash(address: str | None) -> str | None:
         return hash_key(address.strip().lower())
 
 
-def campaign_for(conn: Connection, message_ids: Iterable[str]) -> int | None:
+def campaign_for(conn: Connection, message_ids: Iterable[str], delivery: int | None = None) -> int | None:
     """The campaign a message belongs to: by our own Message-ID (campaign uid and delivery
-    row), else by the service's message id recorded in the delivery journal."""
+    row), else by the service's message id recorded in the delivery journal, else by the
+    ``delivery`` row the service names when its recorded id is one of ``message_ids`` up to
+    the ``#<n>`` SendGrid's are recorded with (a test send's rows are in no journal)."""
+    candidates = []
     for raw in message_ids:
         bare = raw.strip().strip("<>").strip()
         if not bare:
             continue
+        candidates.append(bare)
         ours = _OUR_MESSAGE_ID.fullmatch(bare)
         if ours:
             found = conn.execute(
@@ -824,7 +928,28 @@ def campaign_for(conn: Connection, message_ids: Iterable[str]) -> int | None:
         ).scalar_one_or_none()
         if found is not None:
             return found
+    if delivery is not None and candidates:
+        row = conn.execute(
+            select(deliveries.c.campaign_id, deliveries.c.provider_id).where(deliveries.c.id == delivery)
+        ).first()
+        if row is not None and row.provider_id and row.provider_id.partition("#")[0] in candidates:
+            return row.campaign_id
     return None
+
+
+def last_campaign_mailed(conn: Connection, hashed: str, at: dt.datetime) -> int | None:
+    """The campaign an event that names no message most likely concerns: the latest one,
+    created at or before ``at`` (when the event happened), whose journal has the address
+    (by its hash) as sent. None when no campaign had been sent to it by then."""
+    return conn.execute(
+        select(campaigns.c.id)
+        .join(deliveries, deliveries.c.campaign_id == campaigns.c.id)
+        .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
+        .where(subscribers.c.email_hash == hashed, deliveries.c.status == "sent",
+               campaigns.c.created_at <= at)
+        .order_by(campaigns.c.created_at.desc(), campaigns.c.id.desc())
+        .limit(1)
+    ).scalar_one_or_none()
 
 
 def _insert_event(conn: Connection, values: dict[str, Any]) -> bool:
@@ -865,18 +990,30 @@ def _unsubscribe_hash(conn: Connection, hashed: str, campaign_id: int | None, no
 
 
 def record_events(store: Store, provider: str, found: list[WebhookEvent], soft_bounce_limit: int) -> Recorded:
-    """Store every event (address as its hash) and act on the new ones, in one transaction;
-    an event id seen before changes nothing."""
+    """Store every event (address as its hash, none for opens and clicks) and act on the
+    new ones, in one transaction; an event id seen before changes nothing.
+
+    An event is tied to a campaign by its message ids; one that has none, to the last
+    campaign sent to its address (:func:`last_campaign_mailed`), except a soft bounce:
+    soft bounces count once per campaign towards the limit, and a guessed campaign would
+    merge bounces of different messages. What an event does is decided by the message ids
+    alone (an unsubscribe of no known message leaves every list)."""
     result = Recorded(received=len(found))
     now = dt.datetime.now(dt.UTC)
     with store.write() as conn:
         for e in found:
             hashed = email_hash(e.address)
-            campaign_id = campaign_for(conn, e.message_ids)
+            by_message = campaign_for(conn, e.message_ids, e.delivery)
+            campaign_id = by_message
+            if campaign_id is None and hashed is not None and not e.message_ids and e.kind != SOFT_BOUNCE:
+                campaign_id = last_campaign_mailed(conn, hashed, e.occurred_at or now)
+            if e.kind in ANONYMOUS:
+                hashed = None  # attributed; who it was is not kept
             inserted = _insert_event(conn, {
                 "provider": provider, "kind": e.kind[:32], "email_hash": hashed,
                 "campaign_id": campaign_id, "provider_event_id": e.event_id[:200],
-                "detail": scrub(e.detail), "occurred_at": e.occurred_at, "created_at": now,
+                "detail": link_detail(e.detail) if e.kind == CLICKED else scrub(e.detail),
+                "occurred_at": e.occurred_at, "created_at": now,
             })
             if not inserted:
                 continue
@@ -894,14 +1031,17 @@ def record_events(store: Store, provider: str, found: list[WebhookEvent], soft_b
                         conn, hashed, "bounced", f"{provider}: {count} soft bounces in a row"
                     )
             elif e.kind == UNSUBSCRIBE:
-                result.unsubscribed += _unsubscribe_hash(conn, hashed, campaign_id, now)
+                result.unsubscribed += _unsubscribe_hash(conn, hashed, by_message, now)
     return result
 
 
 __all__ = [
+    "ANONYMOUS",
     "BOUNCE",
+    "CLICKED",
     "COMPLAINT",
     "DELIVERED",
+    "OPENED",
     "PROVIDERS",
     "SOFT_BOUNCE",
     "UNSUBSCRIBE",
@@ -920,6 +1060,8 @@ __all__ = [
     "campaign_for",
     "email_hash",
     "is_sns_url",
+    "last_campaign_mailed",
+    "link_detail",
     "record_events",
     "scrub",
     "webhook_for",
