@@ -62,6 +62,7 @@ echo "-- three days later (tick --now $later) the second step goes out, once"
 "$BIN/newsletter" sequences --now "$later"
 echo
 issue=$(ls -d dist/*/ | sort | tail -1)
+slug=$(basename "$issue")
 echo "Where to look:"
 echo "  .demo/${issue}preview.html     the email as a reader sees it (open it in a browser)"
 echo "  .demo/${issue}email.txt        the plain-text part"
@@ -74,6 +75,7 @@ echo "What to run next, in a fresh shell:"
 echo "  cd $REPO"
 echo "  .venv/bin/newsletter preview                  the live preview of this repository's issues"
 echo "  (cd .demo && ../.venv/bin/newsletter status)  the demo campaign's figures"
+echo "  (cd .demo && ../.venv/bin/newsletter report $slug --html report.html)  how it did, as a page"
 echo "  (cd .demo && ../.venv/bin/newsletter preview)  the drafted issue in your browser"
 echo "  .venv/bin/newsletter preview --sequence welcome  the welcome emails, as a new reader gets them"
 echo "  .venv/bin/newsletter --help                   every command"
