@@ -194,6 +194,7 @@ ISSUE_COMMANDS = [
     ("cancel", "--yes"),
     ("schedule",),
     ("unschedule",),
+    ("report",),
 ]
 
 
