@@ -427,6 +427,22 @@ def state(store: Store, campaign: CampaignRow) -> str:
     return campaign.status
 
 
+def _orphaned(campaign_id: int, live: list[str]) -> Any:
+    """Rows of the campaign in flight with no live sender (tokens ``live``) behind them."""
+    return and_(
+        deliveries.c.campaign_id == campaign_id, deliveries.c.status == "sending",
+        or_(deliveries.c.worker.is_(None), deliveries.c.worker.not_in(live)) if live else literal(True),
+    )
+
+
+def stopped_mid_call(store: Store, campaign_id: int) -> int:
+    """Rows left in flight by senders that are gone: unknown in truth, before the next
+    sender's reap writes it into the journal."""
+    live = [w.token for w in live_workers(store, campaign_id)]
+    with store.read() as conn:
+        return conn.execute(select(func.count()).where(_orphaned(campaign_id, live))).scalar_one()
+
+
 def _reap(conn: Connection, campaign_id: int, keep: str | None = None) -> list[str]:
     """Settle the rows left in flight by senders that are gone: ``unknown`` (the request may
     have gone out), their sender's row removed. Returns the claims left behind, for a
@@ -435,10 +451,7 @@ def _reap(conn: Connection, campaign_id: int, keep: str | None = None) -> list[s
     everyone = _workers(conn, campaign_id)
     live = [w.token for w in everyone if w.token == keep or w.alive(now)]
     dead = [w.token for w in everyone if w.token not in live]
-    orphaned = and_(
-        deliveries.c.campaign_id == campaign_id, deliveries.c.status == "sending",
-        or_(deliveries.c.worker.is_(None), deliveries.c.worker.not_in(live)) if live else literal(True),
-    )
+    orphaned = _orphaned(campaign_id, live)
     claims = list(conn.execute(select(deliveries.c.claim).where(orphaned).distinct()).scalars())
     if claims:
         conn.execute(

@@ -146,21 +146,17 @@ def headlines(config: Any) -> dict[str, str]:
     """Each sent issue's headline figures by slug (its campaigns' lines joined), or {} when
     there is no database to ask. Read only: a database not made yet is not created."""
     from .campaign import all_campaigns
-    from .errors import NewsletterError
-    from .store import open_store, sqlite_path
+    from .store import ask_existing
 
-    path = sqlite_path(config.database.url)
-    if config.database.url.startswith("sqlite") and (path is None or not path.exists()):
-        return {}
-    found: dict[str, list[str]] = {}
-    try:
-        with open_store(config, upgrade=False) as store:
-            for campaign in all_campaigns(store):
-                r = issue_report(store, campaign)
-                if r.sent:
-                    found.setdefault(campaign.issue, []).append(r.headline())
-    except NewsletterError:
-        return {}
+    def ask(store: Store) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {}
+        for campaign in all_campaigns(store):
+            r = issue_report(store, campaign)
+            if r.sent:
+                found.setdefault(campaign.issue, []).append(r.headline())
+        return found
+
+    found = ask_existing(config, ask, {})
     return {slug: "; ".join(lines) for slug, lines in found.items()}
 
 

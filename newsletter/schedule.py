@@ -462,16 +462,9 @@ def record_outcome(store: Store, planned: Planned, outcome: str, detail: str,
 def sent_issues(config: Config) -> dict[str, dt.datetime]:
     """Issues with a finished campaign and when it finished, or {} when there is no database
     to ask. Read only: a database not made yet is not created."""
-    from .store import open_store, sqlite_path
+    from .store import ask_existing
 
-    path = sqlite_path(config.database.url)
-    if config.database.url.startswith("sqlite") and (path is None or not path.exists()):
-        return {}
-    try:
-        with open_store(config, upgrade=False) as store:
-            states = campaign_states(store)
-    except NewsletterError:
-        return {}
+    states = ask_existing(config, campaign_states, {})
     sent: dict[str, dt.datetime] = {}
     for state in states.values():
         if state.status == "finished" and state.finished_at is not None:

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, bindparam, exists, func, insert, literal, or_, select, update
+from sqlalchemy import and_, bindparam, exists, func, insert, select, update
 
 from .config import Config
 from .content import Document, Issue, _known_keys, _string, read_document
@@ -621,6 +621,8 @@ def report(config: Config, store: Store, now: dt.datetime | None = None) -> list
     """Each sequence, and for each step how many readers were sent it, wait for it, were
     skipped (and why), failed or are unknown. Starts the sequences not seen before, as a
     tick would (a sequence's start is the moment from which joining readers get it)."""
+    from .campaign import stopped_mid_call
+
     now = now or utcnow()
     out: list[SequenceReport] = []
     for sequence in load_all(config):
@@ -636,7 +638,7 @@ def report(config: Config, store: Store, now: dt.datetime | None = None) -> list
             if journal is not None:
                 sr.counts, sr.skipped_reasons = journal[1], journal[2]
             if begun is not None and journal is not None:
-                stale = _stopped_mid_call(store, journal[0]) if sr.counts["sending"] else 0
+                stale = stopped_mid_call(store, journal[0]) if sr.counts["sending"] else 0
                 # Rows a sender that is gone left in flight: their outcome is unknown (the
                 # next tick says so in the journal too), and nobody waits for them.
                 sr.counts["unknown"] += stale
@@ -669,20 +671,6 @@ def _journals(store: Store, name: str) -> dict[str, tuple[int, Counter, Counter]
                 entry[2][ADDED_LATE if reason == ADDED_LATE else "late" if (reason or "").startswith("due ")
                          else "left"] += n
     return found
-
-
-def _stopped_mid_call(store: Store, campaign_id: int) -> int:
-    """Rows of the step left ``sending`` by senders that are no longer alive."""
-    from .campaign import live_workers
-
-    live = [w.token for w in live_workers(store, campaign_id)]
-    with store.read() as conn:
-        return conn.execute(
-            select(func.count()).where(
-                deliveries.c.campaign_id == campaign_id, deliveries.c.status == "sending",
-                or_(deliveries.c.worker.is_(None), deliveries.c.worker.not_in(live)) if live
-                else literal(True))
-        ).scalar_one()
 
 
 def _waiting(store: Store, begun: Started, campaign_id: int) -> int:

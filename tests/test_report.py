@@ -23,8 +23,7 @@ from newsletter.store.schema import LEFT_BY_LINK, events, links
 from newsletter.web import webhooks as wh
 from newsletter.web.app import PublicApp
 
-from .test_sequences_processes import serve
-from .test_web_server import request, stop_server
+from .test_web_server import request, start_server, stop_server
 from .webutil import ISSUE, add_reader, load, outbox, send_issue, unsubscribe_path, write_letter
 
 POST = "https://blog.example.com/2026/12/the-post"
@@ -343,7 +342,7 @@ def test_one_click_unsubscribes_through_the_server_count_against_the_issue(tmp_p
             add_reader(store, address)
         campaign = send_issue(config, store)
     messages = outbox(tmp_path, f"{campaign.id}-{ISSUE}")
-    server, base = serve(tmp_path, db_url)
+    server, base = start_server(tmp_path, db_url=db_url)
     try:
         form = {"Content-Type": "application/x-www-form-urlencoded"}
         for message in messages[:2]:

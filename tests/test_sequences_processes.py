@@ -28,7 +28,7 @@ from newsletter.store.schema import campaigns, deliveries, memberships, subscrib
 
 from . import test_send_cli
 from .test_send_cli import make_letter, newsletter, postmark, start, wait_for
-from .test_web_server import request, stop_server
+from .test_web_server import request, start_server, stop_server
 
 fake = test_send_cli.fake  # the fixture: a local Postmark
 
@@ -125,17 +125,6 @@ def sent_in(output: str, step: str) -> int:
     return int(found[1].replace(",", "")) if found else 0
 
 
-def serve(root: Path, db_url: str):
-    """`newsletter serve` on a free port (as test_web_server.start_server, on any database)."""
-    process = start(root, "serve", "--port", "0", db_url=db_url)
-    line = process.stdout.readline()
-    found = re.search(r" at (http://127\.0\.0\.1:\d+)/", line)
-    if not found:
-        process.kill()
-        pytest.fail(f"the server did not start: {line}{process.stderr.read()}")
-    return process, found[1]
-
-
 # -- 1. each step its delay after joining -----------------------------------------------------
 
 
@@ -146,7 +135,7 @@ def test_readers_who_join_get_each_step_its_delay_after_joining(tmp_path, db_url
     first = tick(tmp_path, db_url)  # starts the sequence: readers who join from now on
     assert first.stdout == "" and fake.messages == []
 
-    server, base = serve(tmp_path, db_url)
+    server, base = start_server(tmp_path, db_url=db_url)
     try:
         body = urlencode({"email": site, "name": "Sia", "list": "main", "website": ""}).encode()
         status, _, page = request(base, "POST", "/subscribe", body=body, headers=FORM)

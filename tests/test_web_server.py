@@ -38,8 +38,12 @@ def newsletter(root: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([EXE, *args], cwd=root, env=env_for(root), capture_output=True, text=True, timeout=60)
 
 
-def start_server(root: Path, *args: str) -> tuple[subprocess.Popen, str]:
-    process = subprocess.Popen([EXE, "serve", "--port", "0", *args], cwd=root, env=env_for(root),
+def start_server(root: Path, *args: str, db_url: str | None = None) -> tuple[subprocess.Popen, str]:
+    """`newsletter serve` on a free port, on the folder's SQLite file or ``db_url``."""
+    env = env_for(root)
+    if db_url:
+        env["NEWSLETTER_DATABASE_URL"] = db_url
+    process = subprocess.Popen([EXE, "serve", "--port", "0", *args], cwd=root, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = process.stdout.readline()
     found = re.search(r" at (http://127\.0\.0\.1:\d+)/", line)

@@ -13,10 +13,10 @@ from __future__ import annotations
 import re
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Connection, Engine, Table, bindparam, create_engine, event, insert, update
 from sqlalchemy.engine import make_url
@@ -29,13 +29,14 @@ from sqlalchemy.exc import (
 )
 
 from ..config import mask_url, resolve_database_url
-from ..errors import StoreError
+from ..errors import NewsletterError, StoreError
 from . import migrations, schema
 
 if TYPE_CHECKING:
     from ..config import Config
 
 DEFAULT_LIST = "main"
+T = TypeVar("T")
 SQLITE_BUSY_TIMEOUT_S = 15
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "BulkInsert",
     "BulkUpdate",
     "Store",
+    "ask_existing",
     "migrations",
     "open_store",
     "open_store_or_scratch",
@@ -289,6 +291,20 @@ def open_store_or_scratch(config_or_url: Config | str) -> Iterator[Store]:
         yield store
     finally:
         store.close()
+
+
+def ask_existing(config: Config, query: Callable[[Store], T], default: T) -> T:
+    """``query`` run on the database as it is, for a page or listing that only shows
+    things: ``default`` when there is no database yet (a SQLite file not made is not
+    created), or it cannot be opened or is of another schema version."""
+    path = sqlite_path(config.database.url)
+    if config.database.url.startswith("sqlite") and (path is None or not path.exists()):
+        return default
+    try:
+        with open_store(config, upgrade=False) as store:
+            return query(store)
+    except NewsletterError:
+        return default
 
 
 def sqlite_path(url: str) -> Path | None:
