@@ -196,14 +196,14 @@ def stats(url: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subscribers", type=int, default=100_000)
-    parser.add_argument("--providers", default="postmark,sendgrid,mailgun,smtp",
-                        help="any of postmark, sendgrid, mailgun, resend, ses, smtp (resend and ses are "
+    parser.add_argument("--providers", default="outbox,postmark,sendgrid,mailgun,smtp",
+                        help="any of outbox, postmark, sendgrid, mailgun, resend, ses, smtp (resend and ses are "
                         "paced at the services' rate limits: use small --subscribers)")
     parser.add_argument("--compare", type=int, default=2000, help="recipients for the mailmerge comparison")
     parser.add_argument("--skip-mailmerge", action="store_true")
     args = parser.parse_args()
     providers = [p for p in args.providers.split(",") if p]
-    unknown = set(providers) - set(HTTP_SERVICES) - {"smtp"}
+    unknown = set(providers) - set(HTTP_SERVICES) - {"smtp", "outbox"}
     if unknown:
         raise SystemExit(f"unknown provider(s): {', '.join(sorted(unknown))}")
 
@@ -231,6 +231,14 @@ def main() -> None:
                     with SinkCpu(smtp.pid):
                         send(tmp, f"smtp, {connections} connection{'s' if connections > 1 else ''}",
                              smtp_settings(connections), base, args.subscribers)
+                continue
+            if name == "outbox":
+                send(tmp, "outbox", 'name = "outbox"\n', base, args.subscribers)
+                files = tmp / "outbox" / "outbox"
+                written = sum(len(os.listdir(d)) for d in files.iterdir())
+                size = sum(e.stat().st_size for d in files.iterdir() for e in os.scandir(d))
+                print(f"  {written:,} .eml files, {size / written:,.0f} bytes each")
+                shutil.rmtree(files)  # a million files take room: gone before the next provider
                 continue
             module, settings, secrets = HTTP_SERVICES[name]
             server, url = start_server(module)

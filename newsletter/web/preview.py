@@ -53,7 +53,7 @@ from ..wording import plural
 from . import http
 
 DEFAULT_HOST = "127.0.0.1"
-POLL_INTERVAL = 0.3  # seconds between looks at the files' modification times
+POLL_INTERVAL = 0.1  # seconds between looks at the files' modification times (a few stat calls)
 KEEPALIVE = 15.0  # seconds between comments on an idle event stream
 PHONE_WIDTH = 375
 DESKTOP_WIDTH = 800  # a desktop reading pane: wider than the email's 600 px column
