@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import threading
 from pathlib import Path
 
 
 def write_atomically(path: Path, data: bytes) -> None:
     """Write ``data`` to a temporary file beside ``path`` and rename it over ``path``: a
-    reader sees the old file or the new one, never half of one."""
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    reader sees the old file or the new one, never half of one.
+
+    The temporary name carries the process and the thread, so two writers of one path never
+    share it, and it costs no random name and no retry (the outbox writes one per reader)."""
+    temp = path.with_name(f".tmp-{os.getpid()}-{threading.get_ident()}-{path.name[-120:]}")
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
         os.replace(temp, path)
     except BaseException:
-        Path(temp).unlink(missing_ok=True)
+        temp.unlink(missing_ok=True)
         raise
