@@ -26,7 +26,12 @@ COMMANDS = [  # (arguments, aim in ms)
 
 
 def newsletter(root: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("NEWSLETTER_") and k != "PYTHONDONTWRITEBYTECODE"}
+    # Bytecode as an installed copy has it (pip compiles it at install), kept out of the
+    # repository: a shell with PYTHONDONTWRITEBYTECODE set would otherwise measure the
+    # compiling of every module on every run.
+    env["PYTHONPYCACHEPREFIX"] = str(root / ".pycache")
     return subprocess.run([sys.executable, "-m", "newsletter", *args], cwd=root, env=env,
                           capture_output=True, text=True, check=True)
 
