@@ -1,13 +1,15 @@
 """How fast does a campaign go out, and how much memory does the sending process use?
 
-Makes N synthetic subscribers (default 100,000), starts a local Postmark-style server and a
-local SMTP sink in processes of their own, sends the sample issue through each with
+For each list size (default 100,000 synthetic subscribers), sends the sample issue with
 `newsletter send --yes` (a separate process, whose peak memory is read from the kernel when
-it exits), and prints recipients per second. Then sends the first 2,000 recipients to the
-same SMTP sink with mailmerge (from PyPI) and with this project's SMTP provider, and prints
-the ratio.
+it exits) through the outbox and through local Postmark-, SendGrid- and Mailgun-style
+servers in processes of their own, and prints recipients per second. Then sends to Postfix's
+smtp-sink (or, without Postfix, an aiosmtpd sink) with 1, 4 and 8 connections, printing the
+sink's CPU, and sends the first 2,000 recipients to the same sink with mailmerge (from PyPI)
+and with this project's SMTP provider, and prints the ratio.
 
-    python bench/send.py [--subscribers 1000000] [--providers postmark,smtp] [--skip-mailmerge]
+    python bench/send.py [--subscribers 100000,1000000] [--smtp-subscribers 20000]
+                         [--providers outbox,postmark,smtp] [--skip-mailmerge]
 """
 
 from __future__ import annotations
@@ -211,17 +213,24 @@ def stats(url: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--subscribers", type=int, default=100_000)
+    parser.add_argument("--subscribers", default="100000",
+                        help="list sizes for the HTTP services and the outbox, comma-separated "
+                        "(100000,1000000 shows whether memory stays flat)")
+    parser.add_argument("--smtp-subscribers", type=int, default=20_000,
+                        help="list size for the SMTP runs (1, 4 and 8 connections)")
     parser.add_argument("--providers", default="outbox,postmark,sendgrid,mailgun,smtp",
                         help="any of outbox, postmark, sendgrid, mailgun, resend, ses, smtp (resend and ses are "
                         "paced at the services' rate limits: use small --subscribers)")
     parser.add_argument("--compare", type=int, default=2000, help="recipients for the mailmerge comparison")
     parser.add_argument("--skip-mailmerge", action="store_true")
     args = parser.parse_args()
+    sizes = [int(n) for n in args.subscribers.replace("_", "").split(",") if n]
     providers = [p for p in args.providers.split(",") if p]
     unknown = set(providers) - set(HTTP_SERVICES) - {"smtp", "outbox"}
     if unknown:
         raise SystemExit(f"unknown provider(s): {', '.join(sorted(unknown))}")
+    print(f"cores: {os.cpu_count()}, load average at start: "
+          + " ".join(f"{x:.2f}" for x in os.getloadavg()))
 
     servers: list[subprocess.Popen] = []
     tmp = Path(tempfile.mkdtemp(prefix="newsletter-bench-"))
@@ -229,44 +238,56 @@ def main() -> None:
         smtp, port, sink_name = start_smtp_sink()
         servers.append(smtp)
         print(f"SMTP sink: {sink_name}")
-        base = make_database(tmp, args.subscribers)
         from newsletter import build
         from newsletter import config as cfg
 
         rendered = build.render(cfg.load(REPO / "newsletter.toml", environ={}), "the-quota-is-not-the-goal")
         issue_bytes = len(rendered.html.encode()) + len(rendered.text.encode())
+        running: dict[str, str] = {}  # provider -> its local server's URL
+        for n in sizes:
+            base = make_database(tmp / f"list-{n}", n)
+            for name in providers:
+                if name == "smtp":
+                    continue
+                if name == "outbox":
+                    send(tmp, "outbox", 'name = "outbox"\n', base, n)
+                    files = tmp / "outbox" / "outbox"
+                    written = sum(len(os.listdir(d)) for d in files.iterdir())
+                    size = sum(e.stat().st_size for d in files.iterdir() for e in os.scandir(d))
+                    print(f"  {written:,} .eml files, {size / written:,.0f} bytes each")
+                    shutil.rmtree(tmp / "outbox")  # a million files take room: gone before the next
+                    (tmp / "outbox").mkdir()
+                    print(f"  the file system alone: {files_per_second(tmp / 'outbox', size // written):,.0f} "
+                          "files/s of that size, written the same way (one process, temporary name, rename)")
+                    continue
+                module, settings, secrets = HTTP_SERVICES[name]
+                if name not in running:
+                    server, running[name] = start_server(module)
+                    servers.append(server)
+                url = running[name]
+                before = stats(url)
+                send(tmp, name, settings + f'base_url = "{url}"\n', base, n, secrets)
+                counted = stats(url)
+                line = (f"  {(counted['bytes'] - before['bytes']) / n:,.0f} bytes sent per recipient "
+                        f"(the issue is {issue_bytes:,} bytes of HTML and text)")
+                if "accepted" in counted:
+                    line += f"; the server accepted {counted['accepted'] - before['accepted']:,} messages"
+                print(line)
+                shutil.rmtree(tmp / name)
+            base.unlink()
+
         # On loopback the sink answers in microseconds: one connection often beats several
         # contending for the interpreter lock. Across a network, raise concurrency.
         def smtp_settings(connections: int) -> str:
             return (f'name = "smtp"\nhost = "127.0.0.1"\nport = {port}\nsecurity = "none"\n'
                     f"concurrency = {connections}\n")
 
-        for name in providers:
-            if name == "smtp":
-                for connections in (1, 4, 8):
-                    with SinkCpu(smtp.pid):
-                        send(tmp, f"smtp, {connections} connection{'s' if connections > 1 else ''}",
-                             smtp_settings(connections), base, args.subscribers)
-                continue
-            if name == "outbox":
-                send(tmp, "outbox", 'name = "outbox"\n', base, args.subscribers)
-                files = tmp / "outbox" / "outbox"
-                written = sum(len(os.listdir(d)) for d in files.iterdir())
-                size = sum(e.stat().st_size for d in files.iterdir() for e in os.scandir(d))
-                print(f"  {written:,} .eml files, {size / written:,.0f} bytes each")
-                shutil.rmtree(files)  # a million files take room: gone before the next provider
-                print(f"  the file system alone: {files_per_second(tmp / 'outbox', size // written):,.0f} "
-                      "files/s of that size, written the same way (one process, temporary name, rename)")
-                continue
-            module, settings, secrets = HTTP_SERVICES[name]
-            server, url = start_server(module)
-            servers.append(server)
-            send(tmp, name, settings + f'base_url = "{url}"\n', base, args.subscribers, secrets)
-            counted = stats(url)
-            line = f"  {counted['bytes'] / args.subscribers:,.0f} bytes sent per recipient (the issue is {issue_bytes:,} bytes of HTML and text)"
-            if "accepted" in counted:
-                line += f"; the server accepted {counted['accepted']:,} messages"
-            print(line)
+        if "smtp" in providers:
+            base = make_database(tmp / "list-smtp", args.smtp_subscribers)
+            for connections in (1, 4, 8):
+                with SinkCpu(smtp.pid):
+                    send(tmp, f"smtp, {connections} connection{'s' if connections > 1 else ''}",
+                         smtp_settings(connections), base, args.smtp_subscribers)
         if not args.skip_mailmerge:
             small = make_database(tmp / "small", args.compare)
             with SinkCpu(smtp.pid):
