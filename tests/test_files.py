@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -46,3 +47,26 @@ def test_a_missing_folder_is_an_error_and_leaves_nothing(tmp_path: Path) -> None
     with pytest.raises(FileNotFoundError):
         write_atomically(tmp_path / "no-such-folder" / "x.eml", b"data")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_link_at_the_temporary_name_is_not_followed(tmp_path: Path) -> None:
+    """In a shared folder somebody may guess the temporary name: the link is replaced, and
+    the file it points at is left alone."""
+    target = tmp_path / "report.html"
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    temp = tmp_path / f".tmp-{os.getpid()}-{threading.get_ident()}-report.html"
+    temp.symlink_to(victim)
+    write_atomically(target, b"<p>report</p>")
+    assert victim.read_text() == "keep me"
+    assert target.read_bytes() == b"<p>report</p>" and not target.is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "victim.txt"]
+
+
+def test_a_temporary_file_left_by_a_crash_is_replaced(tmp_path: Path) -> None:
+    target = tmp_path / "x.eml"
+    stale = tmp_path / f".tmp-{os.getpid()}-{threading.get_ident()}-x.eml"
+    stale.write_bytes(b"half a message")
+    write_atomically(target, b"whole")
+    assert target.read_bytes() == b"whole"
+    assert [p.name for p in tmp_path.iterdir()] == ["x.eml"]
