@@ -83,8 +83,12 @@ def make_letter(root: Path, provider: str) -> None:
 
 
 def env_for(db: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("NEWSLETTER_") and k != "PYTHONDONTWRITEBYTECODE"}
     env["NEWSLETTER_DATABASE_URL"] = f"sqlite:///{db}"
+    # Bytecode as an installed copy has it (mailmerge's, from PyPI, has it too), kept beside
+    # the database rather than in the repository.
+    env["PYTHONPYCACHEPREFIX"] = str(db.parent.parent / ".pycache")
     return env
 
 
