@@ -73,7 +73,10 @@ def phase(name: str, url: str, csv_path: str) -> dict:
     started = time.perf_counter()
     result: dict = {}
     if name == "import":
-        summary = subs.import_csv(store, csv_path)
+        # The rejected rows go beside the generated file (in the bench's temporary folder),
+        # not into the folder the bench was started from.
+        rejects = Path(csv_path).with_suffix(".rejected.csv")
+        summary = subs.import_csv(store, csv_path, rejects=rejects)
         result = {"rows": summary.rows, "added": summary.added, "rejected": summary.rejected,
                   "duplicates": summary.duplicates}
     elif name == "export":
