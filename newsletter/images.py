@@ -9,7 +9,9 @@ An image wider than twice the column is resized to twice the column (sharp on hi
 screens) and re-encoded; the copy is what the email links to and what the web version
 publishes, and the original beside the post is never touched. Copies live in a cache
 folder named by the original's content, so a render reads the original only once per change.
-GIFs and other animated images are left as they are.
+GIFs and other animated images are left as they are. What was measured is kept beside the
+copies, under the original's content too: a new process (`check`, `build`, `send`) reads the
+record instead of opening the image with Pillow again.
 
 Nothing here raises for a bad image: :func:`inspect` returns an :class:`Image` whose
 ``problem`` says what is wrong, and the pre-flight checks turn that into an error naming the
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import tempfile
 import threading
@@ -31,7 +34,8 @@ COLUMN = 536  # px: the email's 600 px container less 32 px of padding on each s
 LARGEST = 2 * COLUMN  # wider images are resized to this width
 IMAGE_WARN_BYTES = 1024 * 1024  # per image, after resizing
 ISSUE_WARN_BYTES = 3 * 1024 * 1024  # all of an issue's images together
-RECIPE = "1"  # part of a cached copy's name: change it when the encoding settings change
+RECIPE = "1"  # part of a cached copy's and record's name: change it when the encoding settings
+# or what is measured change
 JPEG_QUALITY = 82
 WEBP_QUALITY = 80
 
@@ -82,10 +86,55 @@ def inspect(source: Path, cache: Path) -> Image:
         found = _seen.get(key)
     if found is not None and (not found.resized or found.file.is_file()):
         return found
-    found = _inspect(source, info.st_size, cache)
+    record = _record_path(source, cache)
+    found = _read_record(source, record) if record else None
+    if found is None:
+        found = _inspect(source, info.st_size, cache)
+        if record and found.problem is None:
+            _write_record(record, found)
     with _lock:
         _seen[key] = found
     return found
+
+
+MEASURED = ("format", "width", "height", "bytes", "original_width", "original_bytes",
+            "transparent_dark")
+
+
+def _record_path(source: Path, cache: Path) -> Path | None:
+    """Where what was measured of ``source`` is kept: named by its content and RECIPE."""
+    try:
+        with source.open("rb") as original:
+            digest = hashlib.file_digest(original, "sha256").hexdigest()[:24]
+    except OSError:
+        return None
+    return cache / f"{digest}-r{RECIPE}.json"
+
+
+def _read_record(source: Path, record: Path) -> Image | None:
+    """The kept measurement of ``source``; None when there is none or its copy is gone."""
+    try:
+        kept = json.loads(record.read_text(encoding="utf-8"))
+        values = {name: kept[name] for name in MEASURED}
+        copy = Path(kept["copy"]) if kept["copy"] else source
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if copy != source and not copy.is_file():
+        return None
+    return Image(source=source, file=copy, **values)
+
+
+def _write_record(record: Path, found: Image) -> None:
+    """Keep ``found``; a cache folder that cannot be written is only slower."""
+    from .files import write_atomically
+
+    kept = {name: getattr(found, name) for name in MEASURED}
+    kept["copy"] = str(found.file) if found.resized else None
+    try:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(record, json.dumps(kept).encode("utf-8"))
+    except OSError:
+        pass
 
 
 def _inspect(source: Path, size: int, cache: Path) -> Image:

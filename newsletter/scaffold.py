@@ -7,13 +7,15 @@ import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .config import CONFIG_NAME, Config
 from .content import ISSUE_FILE, issue_folders, load_issue, slugify
 from .errors import ContentError, NewsletterError
-from .feed import Drafted
 from .render import builtin_templates
-from .schedule import next_free_slot, slots
+
+if TYPE_CHECKING:
+    from .feed import Drafted
 
 # What `init` and `new` write where the writer's own words belong. The pre-flight checks
 # (newsletter.checks) refuse to send any of it, so none of it can reach a reader.
@@ -140,6 +142,8 @@ def new_issue(config: Config, title: str, now: dt.datetime | None = None,
     title = title.strip()
     if not title or "\n" in title:
         raise ContentError("the title must be one non-empty line")
+    from .schedule import next_free_slot
+
     now = now or dt.datetime.now(dt.UTC)
     if date is None:
         slot = next_free_slot(config, taken_days(config), now)
@@ -176,6 +180,7 @@ def new_issue_from_feed(config: Config, url: str | None = None, *, since: dt.dat
     """Draft the next free slot's issue from the feed's posts that are in no issue yet,
     published since ``since`` (default: the previous slot)."""
     from .feed import FeedError, draft
+    from .schedule import next_free_slot, slots
 
     url = url or config.feed.url
     if not url:

@@ -8,6 +8,8 @@ import hashlib
 import random
 import re
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -217,3 +219,68 @@ def test_the_sample_issues_images_pass(sample_letter, cli):
     result = cli("check", "2026-12-01-the-quota-is-not-the-goal")
     assert result.exit_code == 0, result.output
     assert "image" not in result.output
+
+
+def inspect_afresh(source: Path, cache: Path) -> images.Image:
+    """What a new process finds: the in-memory record of this one is forgotten."""
+    images._seen.clear()
+    return images.inspect(source, cache)
+
+
+@pytest.fixture
+def pillow_opens(monkeypatch):
+    opened = []
+    real = images._inspect
+
+    def counting(source, size, cache):
+        opened.append(source)
+        return real(source, size, cache)
+
+    monkeypatch.setattr(images, "_inspect", counting)
+    return opened
+
+
+def test_what_was_measured_is_kept_so_a_new_process_need_not_open_the_image(tmp_path, pillow_opens):
+    source = tmp_path / "photo.jpg"
+    noise((2400, 1600)).save(source, quality=90)
+    first = inspect_afresh(source, tmp_path / "cache")
+    again = inspect_afresh(source, tmp_path / "cache")
+    assert pillow_opens == [source]
+    assert again == first and again.resized and again.width == images.LARGEST
+
+
+def test_a_changed_image_is_measured_again(tmp_path, pillow_opens):
+    source = tmp_path / "chart.png"
+    noise((300, 200)).save(source)
+    assert inspect_afresh(source, tmp_path / "cache").width == 300
+    noise((500, 200)).save(source)
+    assert inspect_afresh(source, tmp_path / "cache").width == 500
+    assert len(pillow_opens) == 2
+
+
+def test_a_removed_copy_is_made_again(tmp_path, pillow_opens):
+    source = tmp_path / "photo.jpg"
+    noise((2400, 1600)).save(source, quality=90)
+    first = inspect_afresh(source, tmp_path / "cache")
+    first.file.unlink()
+    again = inspect_afresh(source, tmp_path / "cache")
+    assert again.file.is_file() and again.width == images.LARGEST and len(pillow_opens) == 2
+
+
+def test_a_problem_is_not_kept(tmp_path, pillow_opens):
+    source = tmp_path / "chart.png"
+    source.write_bytes(b"\x89PNG\r\n\x1a\n damaged")
+    assert inspect_afresh(source, tmp_path / "cache").problem
+    noise((300, 200)).save(source)
+    assert inspect_afresh(source, tmp_path / "cache").problem is None
+
+
+def test_a_second_build_does_not_load_pillow(sample_letter):
+    quota = "2026-12-01-the-quota-is-not-the-goal"  # the sample issue with a chart
+    code = ("import sys; from newsletter import build, config; "
+            f"r = build.build(config.load('newsletter.toml', environ={{}}), {quota!r}); "
+            "print([(i.width, i.height) for i in r.rendered.images], 'PIL' in sys.modules)")
+    runs = [subprocess.run([sys.executable, "-c", code], cwd=sample_letter, capture_output=True,
+                           text=True, check=True).stdout.strip() for _ in range(2)]
+    sizes = runs[0].rsplit(" ", 1)[0]
+    assert sizes != "[]" and runs == [f"{sizes} True", f"{sizes} False"]

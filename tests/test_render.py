@@ -293,6 +293,64 @@ def test_missing_template_names_folders(letter_issue, letter):
         render.render_template(config, "nope.html", {})
 
 
+@pytest.fixture
+def compiles(monkeypatch):
+    """The templates Jinja2 compiles from source, in a process starting afresh."""
+    import jinja2
+
+    compiled = []
+    real = jinja2.Environment.compile
+
+    def counting(self, source, name=None, filename=None, *args, **kwargs):
+        compiled.append(name)
+        return real(self, source, name, filename, *args, **kwargs)
+
+    monkeypatch.setattr(jinja2.Environment, "compile", counting)
+    render._environment.cache_clear()
+    yield compiled
+    render._environment.cache_clear()
+
+
+def test_templates_are_compiled_once_and_kept(letter_issue, letter, compiles):
+    config, first = letter_issue  # rendered once: the templates compiled and kept
+    assert list((letter / ".cache" / "templates").iterdir())
+    again = build.render(config, "2026-12-01-t")  # as a new process renders it
+    assert compiles == [] and again.text == first.text and again.html == first.html
+    shutil.rmtree(letter / ".cache" / "templates")
+    render._environment.cache_clear()
+    build.render(config, "2026-12-01-t")
+    assert {"email.html", "email.txt", "web.html"} <= set(compiles)
+
+
+def test_an_edited_template_is_compiled_again(letter_issue, letter, compiles):
+    config, _ = letter_issue
+    shutil.copytree(render.builtin_templates(), letter / "templates")
+    build.render(config, "2026-12-01-t")
+    path = letter / "templates" / "email.txt"
+    path.write_text(path.read_text().replace("{{ sign_off }}", "{{ sign_off }}, always"))
+    render._environment.cache_clear()
+    assert "Sell well, always" in build.render(config, "2026-12-01-t").text
+    assert compiles.count("email.txt") == 2
+
+
+def test_a_damaged_compiled_template_is_compiled_again(letter_issue, letter, compiles):
+    config, first = letter_issue
+    for kept in (letter / ".cache" / "templates").iterdir():
+        kept.write_bytes(kept.read_bytes()[:40])  # cut short after Jinja2's header
+    assert build.render(config, "2026-12-01-t").text == first.text
+    assert {"email.html", "email.txt", "web.html"} <= set(compiles)
+
+
+def test_a_template_cache_that_cannot_be_written_only_costs_time(letter_issue, letter, compiles):
+    config, first = letter_issue
+    shutil.rmtree(letter / ".cache" / "templates")
+    (letter / ".cache" / "templates").write_text("not a folder")
+    for _ in range(2):
+        render._environment.cache_clear()
+        assert build.render(config, "2026-12-01-t").text == first.text
+    assert compiles.count("email.txt") == 2
+
+
 def parse(raw: bytes):
     import email
     from email import policy
