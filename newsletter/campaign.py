@@ -1121,19 +1121,3 @@ def send_proofs(config: Config, rendered: Rendered) -> str:
     if failed:
         raise CampaignError(f"test send via {config.provider.name} failed for " + "; ".join(failed))
     return f"test sent to {', '.join(recipients)} via {config.provider.name}"
-
-
-def preflight(config: Config, rendered: Rendered) -> list:
-    """The checks; raises when any error-level check fails."""
-    from .checks import has_errors, run_checks
-    from .errors import ChecksFailed
-
-    findings = run_checks(config, rendered)
-    if has_errors(findings):
-        first = next(f for f in findings if f.level == "error")
-        raise ChecksFailed(
-            f"{rendered.slug} fails its pre-flight checks ({first}); run `newsletter check "
-            f"{rendered.slug}` for the full list"
-        )
-    return findings
-

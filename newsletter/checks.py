@@ -427,3 +427,17 @@ def list_finding(config: Config, issue: Issue, lists: Collection[str]) -> Findin
 
 def has_errors(findings: list[Finding]) -> bool:
     return any(f.level == "error" for f in findings)
+
+
+def preflight(config: Config, rendered: Rendered) -> list[Finding]:
+    """The checks before a send; raises when any error-level check fails."""
+    from .errors import ChecksFailed
+
+    findings = run_checks(config, rendered)
+    if has_errors(findings):
+        first = next(f for f in findings if f.level == "error")
+        raise ChecksFailed(
+            f"{rendered.slug} fails its pre-flight checks ({first}); run `newsletter check "
+            f"{rendered.slug}` for the full list"
+        )
+    return findings

@@ -814,6 +814,7 @@ def _tick_one(config: Config, store: Store, planned: Planned, campaign: Campaign
               now: dt.datetime, provider_factory: ProviderFactory | None, report: TickReport,
               should_stop: Callable[[], bool], send_options: dict[str, Any]) -> TickEvent | None:
     from . import campaign as engine
+    from .checks import preflight
     from .providers import get_provider
     from .render import render_issue
 
@@ -839,7 +840,7 @@ def _tick_one(config: Config, store: Store, planned: Planned, campaign: Campaign
         if should_stop():
             return None  # asked to stop while rendering: start nothing new
         if campaign is None:
-            engine.preflight(config, rendered)
+            preflight(config, rendered)
             _ready_to_send(config, store, list_name)
             provider = (provider_factory or get_provider)(config)
             try:

@@ -537,6 +537,7 @@ def _tick_step(config: Config, store: Store, begun: Started, step: Step, now: dt
                provider_factory: ProviderFactory | None,
                send_options: dict[str, Any]) -> tuple[list[SequenceEvent], str | None]:
     from . import campaign as engine
+    from .checks import preflight
     from .providers import get_provider
 
     name = step.name
@@ -552,7 +553,7 @@ def _tick_step(config: Config, store: Store, begun: Started, step: Step, now: dt
     provider: Provider | None = None
     try:
         rendered = render_step(config, step)
-        engine.preflight(config, rendered)
+        preflight(config, rendered)
         if waiting:
             added = enqueue(store, begun, step, campaign, now, config.schedule.grace)
             if added.missed:

@@ -34,6 +34,8 @@ def test_the_command_line_loads_none_of_the_heavy_libraries():
     ("newsletter.campaign", {"sqlalchemy"}),
     # calendar, schedule, tick's planning
     ("newsletter.schedule", set()),
+    # send --dry-run: the database in a child, Markdown and templates after it is started
+    ("newsletter.dryrun", set()),
     # the database layer works on SQLite without PostgreSQL's driver or dialect
     ("newsletter.store", {"sqlalchemy"}),
     # the feed loads feedparser, nh3, markdownify and requests when it fetches

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections import Counter
 
 import click
 
@@ -44,7 +45,7 @@ class ProgressPrinter:
             click.echo("", err=True)
 
 
-def _describe(campaign, c) -> str:
+def _describe(c) -> str:
     parts = [f"{_n(c['sent'])} sent"]
     for status in ("failed", "skipped", "unknown", "queued", "sending", "cancelled"):
         if c[status]:
@@ -74,6 +75,34 @@ def _issue_slug(env: Env, store, issue: str) -> str:
         raise
 
 
+def _dry_run(config, issue: str | None, list_name: str | None, test_to: tuple[str, ...]) -> None:
+    from ..dryrun import dry_run
+
+    plan = dry_run(config, issue, list_name, test_to)
+    for finding in plan.findings:
+        click.echo(f"  warning: {finding}", err=True)
+    subject, would = plan.rendered.subject, plan.would
+    if would is None:
+        click.echo(f"Would send a proof of {subject!r} to {', '.join(plan.proofs)} via "
+                   f"{plan.provider}. Nothing sent (dry run).")
+        return
+    if would.campaign_status:
+        c = Counter(would.counts)
+        click.echo(f"{plan.rendered.slug} → {plan.list_name}: campaign {would.campaign_status} "
+                   f"({_describe(c)}); {_n(c['queued'])} still to send via "
+                   f"{plan.provider}. Nothing sent.")
+        return
+    batches = math.ceil(would.total / plan.batch_size) if would.total else 0
+    click.echo(f"Would send {subject!r} to {plural(would.total, 'subscriber')} of {plan.list_name} "
+               f"via {plan.provider}, in {plural(batches, 'batch', 'batches')} of up to "
+               f"{_n(plan.batch_size)}.")
+    for address in would.sample:
+        click.echo(f"  {address}")
+    if would.total > len(would.sample):
+        click.echo(f"  ... and {_n(would.total - len(would.sample))} more")
+    click.echo("Nothing sent (dry run).")
+
+
 @click.command()
 @click.argument("issue", required=False)
 @click.option("--list", "list_name", help="The list to send to (default: the issue's `list:`, else the default list).")
@@ -90,14 +119,19 @@ def _issue_slug(env: Env, store, issue: str) -> str:
 def send(env: Env, issue: str | None, list_name: str | None, test_to: tuple[str, ...], dry_run: bool,
          yes: bool, resume: bool, resend_unknown: bool, rerender: bool) -> None:
     """Send ISSUE (default: the newest) to a list, or proofs with --test-to."""
+    config = env.config
+    if dry_run:
+        _dry_run(config, issue, list_name, test_to)
+        return
+
     from .. import build
     from .. import campaign as engine
+    from ..checks import preflight
     from ..providers import get_provider
     from ..store import open_store
 
-    config = env.config
     rendered = build.render(config, issue)
-    findings = engine.preflight(config, rendered)
+    findings = preflight(config, rendered)
     for finding in findings:
         click.echo(f"  warning: {finding}", err=True)
 
@@ -120,28 +154,9 @@ def send(env: Env, issue: str | None, list_name: str | None, test_to: tuple[str,
     name = list_name or rendered.issue.list_name or config.newsletter.default_list
     with open_store(config) as store:
         existing = engine.find_campaign(store, rendered.slug, name)
-        if dry_run:
-            if existing:
-                c = engine.counts(store, existing.id)
-                click.echo(f"{rendered.slug} → {name}: campaign {existing.status} ({_describe(existing, c)}); "
-                           f"{_n(c['queued'])} still to send via {provider.name}. Nothing sent.")
-                return
-            total = engine.audience_size(store, name)
-            batches = math.ceil(total / provider.batch_size) if total else 0
-            click.echo(f"Would send {rendered.subject!r} to {plural(total, 'subscriber')} of {name} "
-                       f"via {provider.name}, in {plural(batches, 'batch', 'batches')} of up to "
-                       f"{_n(provider.batch_size)}.")
-            sample = engine.audience_sample(store, name, 10)
-            for address in sample:
-                click.echo(f"  {address}")
-            if total > len(sample):
-                click.echo(f"  ... and {_n(total - len(sample))} more")
-            click.echo("Nothing sent (dry run).")
-            return
-
         if existing and not resume:
             c = engine.counts(store, existing.id)
-            state = f"{existing.status}: {_describe(existing, c)}"
+            state = f"{existing.status}: {_describe(c)}"
             senders = engine.live_workers(store, existing.id)
             if senders:
                 hint = (f"{', '.join(w.name for w in senders)} is sending it; `newsletter send "
@@ -192,7 +207,7 @@ def send(env: Env, issue: str | None, list_name: str | None, test_to: tuple[str,
         finally:
             printer.close()
         c = result.counts
-        summary = f"{rendered.subject!r} to {name} via {provider.name}: {_describe(campaign, c)}"
+        summary = f"{rendered.subject!r} to {name} via {provider.name}: {_describe(c)}"
         if not result.finished:
             raise engine.Stopped(
                 f"campaign stopped after {_n(c.done)} of {_n(c.total)} ({result.stopped_reason}); "
@@ -231,7 +246,7 @@ def status(env: Env, issue: str | None) -> None:
                 state = f"interrupted — run `newsletter send {campaign.issue} --resume`"
             click.echo(f"{campaign.issue} → {campaign.list_name} via {campaign.provider}: {state}"
                        f" (started {campaign.created_at:%Y-%m-%d %H:%M} UTC)")
-            click.echo(f"  {_describe(campaign, c)} of {_n(c.total)}")
+            click.echo(f"  {_describe(c)} of {_n(c.total)}")
             for reason, n in c.failed_reasons.most_common(10):
                 click.echo(f"  failed {_n(n)}: {reason}")
             if campaign.last_error and campaign.status != "finished":
