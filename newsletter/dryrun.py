@@ -63,8 +63,7 @@ def dry_run(config: Config, name: str | None, list_name: str | None = None,
         proofs = tuple(parse_address(address).email for address in test_to)
         return DryRun(rendered, findings, target, provider.name, provider.batch_size, None, proofs)
     # Started before this process loads Markdown, the templates and the provider's HTTP
-    # client: the less a child shares with its parent, the fewer pages are copied when either
-    # writes to them.
+    # client, so those imports run here while the child runs the database's.
     with Beside(would_send, config, issue.slug, target) as counting:
         provider, rendered, findings = _checked(config, issue)
         would = counting.result()
