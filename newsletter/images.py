@@ -119,6 +119,10 @@ def _read_record(source: Path, record: Path) -> Image | None:
         copy = Path(kept["copy"]) if kept["copy"] else source
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    numbers = [values[name] for name in MEASURED if name not in ("format", "transparent_dark")]
+    if (not isinstance(values["format"], str) or not isinstance(values["transparent_dark"], bool)
+            or not all(type(n) is int and n >= 0 for n in numbers)):
+        return None  # not what this module writes: measured again
     if copy != source and not copy.is_file():
         return None
     return Image(source=source, file=copy, **values)

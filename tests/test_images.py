@@ -267,6 +267,17 @@ def test_a_removed_copy_is_made_again(tmp_path, pillow_opens):
     assert again.file.is_file() and again.width == images.LARGEST and len(pillow_opens) == 2
 
 
+def test_a_damaged_record_is_measured_again(tmp_path, pillow_opens):
+    source = tmp_path / "chart.png"
+    noise((300, 200)).save(source)
+    inspect_afresh(source, tmp_path / "cache")
+    (record,) = (tmp_path / "cache").glob("*.json")
+    for damaged in ("{", '{"format": "PNG"}', record.read_text().replace("300", '"wide"')):
+        record.write_text(damaged)
+        assert inspect_afresh(source, tmp_path / "cache").width == 300
+    assert len(pillow_opens) == 4
+
+
 def test_a_problem_is_not_kept(tmp_path, pillow_opens):
     source = tmp_path / "chart.png"
     source.write_bytes(b"\x89PNG\r\n\x1a\n damaged")
