@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .checks import Finding, run_checks
 from .config import Config
-from .content import Issue, load_issue, resolve_issue
+from .content import load_named
 from .message import MessageTemplate, Recipient, field_values, message_id, unsubscribe_url
 from .render import Rendered, render_issue
 
@@ -29,14 +29,8 @@ class BuildResult:
     files: list[Path]
 
 
-def load(config: Config, name: str | None) -> Issue:
-    """The issue named on the command line (a path or slug; None = the newest)."""
-    folder = resolve_issue(config.issues_dir, name)
-    return load_issue(folder, config.newsletter.author, config.newsletter.timezone)
-
-
 def render(config: Config, name: str | None) -> Rendered:
-    return render_issue(config, load(config, name))
+    return render_issue(config, load_named(config, name))
 
 
 def check(config: Config, name: str | None) -> tuple[Rendered, list[Finding]]:

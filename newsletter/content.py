@@ -14,12 +14,15 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import yaml
 
 from .errors import AmbiguousIssue, ContentError, IssueNotFound
+
+if TYPE_CHECKING:
+    from .config import Config
 
 ISSUE_FILE = "issue.md"
 DATE_PREFIX = re.compile(r"^(\d{4}-\d{2}-\d{2})(?:-|$)")
@@ -358,6 +361,13 @@ def issue_folders(issues_dir: Path) -> list[Path]:
         (p for p in issues_dir.iterdir() if p.is_dir() and (p / ISSUE_FILE).is_file()),
         key=lambda p: p.name,
     )
+
+
+def load_named(config: Config, name: str | None) -> Issue:
+    """The issue named on the command line (a path or a slug; the newest when ``name`` is
+    None), with the newsletter's author and time zone as its defaults."""
+    return load_issue(resolve_issue(config.issues_dir, name), config.newsletter.author,
+                      config.newsletter.timezone)
 
 
 def resolve_issue(issues_dir: Path, name: str | None) -> Path:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from .beside import Beside
 from .config import Config
-from .content import Issue, load_issue, resolve_issue
+from .content import Issue, load_named
 
 if TYPE_CHECKING:
     from .checks import Finding
@@ -53,8 +53,7 @@ def dry_run(config: Config, name: str | None, list_name: str | None = None,
     (default: the issue's `list:`, else the default list) would do, or, with ``test_to``,
     to whom proofs would go. Raises what the send would raise first: a content or template
     error, failed checks, a bad address, then the database's or the provider's error."""
-    issue = load_issue(resolve_issue(config.issues_dir, name), config.newsletter.author,
-                       config.newsletter.timezone)
+    issue = load_named(config, name)
     target = list_name or issue.list_name or config.newsletter.default_list
     if test_to:
         from .addresses import parse_address

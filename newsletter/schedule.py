@@ -38,9 +38,9 @@ from .content import (
     Issue,
     issue_folders,
     load_issue,
+    load_named,
     parse_send_at,
     read_document,
-    resolve_issue,
     split_front_matter,
 )
 from .errors import ContentError, NewsletterError
@@ -551,11 +551,6 @@ class Unscheduled:
     previous: dt.datetime | None
 
 
-def _planned_issue(config: Config, name: str) -> Issue:
-    folder = resolve_issue(config.issues_dir, name)
-    return load_issue(folder, config.newsletter.author, config.newsletter.timezone)
-
-
 def _refuse_campaign(store: Store, issue: Issue, list_name: str, config: Config, verb: str) -> None:
     state = campaign_states(store).get((issue.slug, list_name))
     if state is None:
@@ -584,7 +579,7 @@ def schedule_issue(config: Config, store: Store, name: str, at: str | dt.datetim
     from .issue_checks import refuse_unknown_list
 
     tz = config.newsletter.timezone
-    issue = _planned_issue(config, name)
+    issue = load_named(config, name)
     list_name = issue.list_name or config.newsletter.default_list
     if isinstance(at, str):
         moment = parse_moment(at, tz)
@@ -625,7 +620,7 @@ def _default_slot(config: Config, issue: Issue, taken: set[dt.date], now: dt.dat
 
 def unschedule_issue(config: Config, store: Store, name: str) -> Unscheduled:
     """Remove ``send_at`` from issue ``name``; refused once its campaign has started."""
-    issue = _planned_issue(config, name)
+    issue = load_named(config, name)
     list_name = issue.list_name or config.newsletter.default_list
     if issue.send_at is not None:
         state = campaign_states(store).get((issue.slug, list_name))
