@@ -86,10 +86,11 @@ def inspect(source: Path, cache: Path) -> Image:
         found = _seen.get(key)
     if found is not None and (not found.resized or found.file.is_file()):
         return found
-    record = _record_path(source, cache)
+    digest = _content_digest(source)
+    record = cache / f"{digest}-r{RECIPE}.json" if digest else None
     found = _read_record(source, record) if record else None
     if found is None:
-        found = _inspect(source, info.st_size, cache)
+        found = _inspect(source, info.st_size, cache, digest)
         if record and found.problem is None:
             _write_record(record, found)
     with _lock:
@@ -101,14 +102,13 @@ MEASURED = ("format", "width", "height", "bytes", "original_width", "original_by
             "transparent_dark")
 
 
-def _record_path(source: Path, cache: Path) -> Path | None:
-    """Where what was measured of ``source`` is kept: named by its content and RECIPE."""
+def _content_digest(source: Path) -> str | None:
+    """What names the record and the resized copy of ``source``: a hash of its content."""
     try:
         with source.open("rb") as original:
-            digest = hashlib.file_digest(original, "sha256").hexdigest()[:24]
+            return hashlib.file_digest(original, "sha256").hexdigest()[:24]
     except OSError:
         return None
-    return cache / f"{digest}-r{RECIPE}.json"
 
 
 def _read_record(source: Path, record: Path) -> Image | None:
@@ -141,7 +141,7 @@ def _write_record(record: Path, found: Image) -> None:
         pass
 
 
-def _inspect(source: Path, size: int, cache: Path) -> Image:
+def _inspect(source: Path, size: int, cache: Path, digest: str | None) -> Image:
     from PIL import Image as Pil
     from PIL import UnidentifiedImageError
 
@@ -159,7 +159,7 @@ def _inspect(source: Path, size: int, cache: Path) -> Image:
                 if width <= LARGEST or getattr(picture, "is_animated", False) or found.format == "GIF":
                     picture.load()  # a damaged file fails here rather than in a reader's inbox
                     return replace(found, transparent_dark=_transparent_dark(picture))
-                copy = _resized(source, picture, found.format, cache)
+                copy = _resized(source, picture, found.format, cache, digest)
             with Pil.open(copy) as small:
                 return replace(found, file=copy, width=small.width, height=small.height,
                                bytes=copy.stat().st_size, transparent_dark=_transparent_dark(small))
@@ -180,12 +180,13 @@ def _oriented_size(picture) -> tuple[int, int]:
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
-def _resized(source: Path, picture, kind: str, cache: Path) -> Path:
+def _resized(source: Path, picture, kind: str, cache: Path, digest: str | None) -> Path:
     """The copy of ``source`` at :data:`LARGEST` px wide, made once and kept in ``cache``."""
     from PIL import ImageOps
 
-    with source.open("rb") as original:
-        digest = hashlib.file_digest(original, "sha256").hexdigest()[:24]
+    digest = digest or _content_digest(source)
+    if digest is None:
+        raise OSError("the file could not be read again")
     suffix = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp"}[kind]
     target = _cache_folder(cache) / f"{digest}-{LARGEST}-r{RECIPE}{suffix}"
     if target.is_file():

@@ -232,9 +232,9 @@ def pillow_opens(monkeypatch):
     opened = []
     real = images._inspect
 
-    def counting(source, size, cache):
+    def counting(source, *rest):
         opened.append(source)
-        return real(source, size, cache)
+        return real(source, *rest)
 
     monkeypatch.setattr(images, "_inspect", counting)
     return opened
