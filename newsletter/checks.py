@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from . import images
 from .config import Config
 from .content import Issue
+from .errors import ChecksFailed
 from .render import PLACEHOLDERS, SAFE_SCHEMES, LinkRef, Rendered
 from .scaffold import PLACEHOLDER_NAME, STUB_PREHEADER, STUB_SENTENCES
 from .wording import human_size
@@ -431,8 +432,6 @@ def has_errors(findings: list[Finding]) -> bool:
 
 def preflight(config: Config, rendered: Rendered) -> list[Finding]:
     """The checks before a send; raises when any error-level check fails."""
-    from .errors import ChecksFailed
-
     findings = run_checks(config, rendered)
     if has_errors(findings):
         first = next(f for f in findings if f.level == "error")
