@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 def test_the_distribution_has_a_name_of_its_own():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     assert project["name"] == "letterfold"  # "newsletter" on the package index is someone else's
-    assert project["scripts"] == {"newsletter": "newsletter.cli:main"}
+    assert project["scripts"] == {"newsletter": "newsletter.cli:run"}
     readme = (REPO / "README.md").read_text()
     assert "pip install 'newsletter[" not in readme and "pip install 'letterfold[postgres]'" in readme
     assert "pipx install" in readme

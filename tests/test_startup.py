@@ -55,3 +55,42 @@ def test_sqlite_does_not_load_postgresql_support():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=60).stdout
     assert out.strip() == "False"
+
+
+def _exit_of(code: str, *args: str) -> subprocess.CompletedProcess:
+    """A fresh interpreter that runs ``code`` and, as its very last step (an exit handler
+    runs after the command has returned), says how many objects the collector holds frozen."""
+    probe = ("import atexit, gc, sys; "
+             "atexit.register(lambda: print('frozen', gc.get_freeze_count(), file=sys.stderr)); ")
+    return subprocess.run([sys.executable, "-c", probe + code, *args], capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_the_installed_command_leaves_the_heap_frozen_for_the_exit(tmp_path):
+    # bench/startup.py: the last collection walked the heap for 70-80 ms after `status`
+    done = _exit_of("from newsletter.cli import run; run()", "--version")
+    assert done.returncode == 0 and "newsletter" in done.stdout
+    frozen = int(done.stderr.split("frozen ")[1].split()[0])
+    assert frozen > 1000
+    # the exit code and the one-line error come through unchanged
+    failed = _exit_of("from newsletter.cli import run; run()", "--config",
+                      str(tmp_path / "missing.toml"), "status")
+    assert failed.returncode == 1 and failed.stderr.startswith("error: ")
+    assert "frozen" in failed.stderr
+
+
+def test_the_group_itself_freezes_nothing():
+    # tests and other callers of `main` keep a collecting process
+    done = _exit_of("from newsletter.cli import main\ntry:\n    main()\nexcept SystemExit:\n    pass",
+                    "--version")
+    assert "frozen 0" in done.stderr
+
+
+def test_python_dash_m_and_the_script_run_the_same_entry():
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    scripts = tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["newsletter"] == "newsletter.cli:run"
+    assert "run()" in (root / "newsletter" / "__main__.py").read_text()
