@@ -1,4 +1,4 @@
-"""The SMTP adapter against a real local SMTP server (aiosmtpd)."""
+"""The SMTP adapter against real local SMTP servers: aiosmtpd, and Postfix's smtp-sink."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from newsletter import build
 from newsletter.message import MessageTemplate
 from newsletter.providers import Batch, Envelope, FatalError, TransientError, get_provider
 
+from . import smtpsink
 from .fakes.smtp import (
     Authenticator,
     CramMd5Sink,
@@ -344,3 +345,84 @@ def test_421_after_the_body_is_retry_and_the_connection_is_not_reused(server, co
     assert [o.status for o in outcomes] == ["sent", "retry", "sent"]
     assert [m[1] for m in sink.messages] == [["a@example.com"], ["c@example.com"]]
     assert sink.connections - before == 2
+
+
+def test_the_next_envelope_goes_with_the_body_one_write_per_message(server, configure, sample_issue,
+                                                                    monkeypatch):
+    # RFC 2920 3.1: message content may open a group, so the next MAIL, RCPT and DATA go in
+    # the same write as this body's final dot; one by one, every command is a write of its own
+    port, sink = server
+    writes = []
+    real_send = smtplib.SMTP.send
+    monkeypatch.setattr(smtplib.SMTP, "send", lambda self, s: (writes.append(s), real_send(self, s))[1])
+    provider, template = smtp_provider(configure, sample_issue, port)
+    writes.clear()  # EHLO is sent when the first message needs the connection
+    addresses = ["a@example.com", "b@example.com", "c@example.com", "d@example.com"]
+    outcomes = provider.send_batch(batch_of(template, addresses))
+    provider.close()
+    assert [o.status for o in outcomes] == ["sent"] * 4
+    assert [m[1][0] for m in sink.messages] == addresses
+    sent = [w.encode() if isinstance(w, str) else w for w in writes]  # docmd writes text
+    sent = [w for w in sent if not w.lower().startswith((b"ehlo", b"quit"))]
+    if sink.pipelining:
+        assert len(sent) == len(addresses) + 1
+        assert sent[1].endswith(b"\r\n.\r\nMAIL FROM:<ann@example.com>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n")
+        assert sent[-1].endswith(b"\r\n.\r\n")  # nothing sent ahead past the batch's last message
+    else:
+        assert len(sent) == 4 * len(addresses)
+
+
+# -- Postfix's smtp-sink: a server written by others that reads pipelined commands in bulk --
+
+needs_smtp_sink = pytest.mark.skipif(smtpsink.find() is None, reason=smtpsink.INSTALL)
+
+
+def _at_postfix(configure, sample_issue, sink, addresses):
+    provider, template = smtp_provider(configure, sample_issue, sink.port)
+    try:
+        return provider, provider.send_batch(batch_of(template, addresses))
+    finally:
+        provider.close()
+
+
+@needs_smtp_sink
+def test_pipelined_messages_arrive_whole_at_postfixs_sink(configure, sample_issue):
+    addresses = [f"reader{i}@example.com" for i in range(1, 26)]
+    with smtpsink.running() as sink:
+        provider, outcomes = _at_postfix(configure, sample_issue, sink, addresses)
+        dumped = sink.dumped(len(addresses))
+    assert [o.status for o in outcomes] == ["sent"] * len(addresses)
+    assert sorted(d.recipients[0] for d in dumped) == sorted(addresses)
+    assert all(len(d.recipients) == 1 for d in dumped)
+    for d in dumped:  # each copy whole, and each reader's own
+        i = addresses.index(d.recipients[0]) + 1
+        assert d.message["To"] == f"Reader {i} <reader{i}@example.com>"
+        assert d.message["Subject"] == "Sälj väl"
+        text = d.message.get_body(("plain",)).get_content()
+        assert f"https://letter.example.com/unsubscribe/t{i}\n" in text
+        assert "Sell well" in text
+
+
+@needs_smtp_sink
+def test_a_server_that_hangs_up_after_the_final_dot_leaves_each_message_unknown_once(configure, sample_issue):
+    # `-q .`: the sink takes the message, then closes without a reply, with the next
+    # message's envelope already written to it
+    addresses = ["a@example.com", "b@example.com", "c@example.com"]
+    with smtpsink.running("-q", ".") as sink:
+        _, outcomes = _at_postfix(configure, sample_issue, sink, addresses)
+        dumped = sink.dumped(len(addresses))
+    assert [o.status for o in outcomes] == ["unknown"] * 3
+    assert all("connection lost while sending" in o.reason for o in outcomes)
+    # taken once each: the envelope sent ahead did not become a message of its own
+    assert sorted(d.recipients[0] for d in dumped) == addresses
+
+
+@needs_smtp_sink
+def test_421_to_the_final_dot_drops_the_envelope_sent_ahead(configure, sample_issue):
+    # `-Q .`: 421 to every final dot, then the sink hangs up; each next message starts again
+    # on a new connection, and none of them is taken as sent
+    addresses = ["a@example.com", "b@example.com", "c@example.com"]
+    with smtpsink.running("-Q", ".") as sink:
+        _, outcomes = _at_postfix(configure, sample_issue, sink, addresses)
+    assert [o.status for o in outcomes] == ["retry"] * 3
+    assert all(o.reason.startswith("421") for o in outcomes)
