@@ -18,7 +18,7 @@ import posixpath
 import re
 import textwrap
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from html.parser import HTMLParser
 from pathlib import Path
@@ -39,66 +39,10 @@ from .content import Issue
 from .errors import TemplateError
 from .files import write_atomically
 from .placeholders import FIELDS, PLACEHOLDER, PLACEHOLDER_RE, PLACEHOLDERS  # noqa: F401
+from .rendered import Asset, LinkRef, Rendered
 
 TEXT_WIDTH = 72
 SAFE_SCHEMES = ("http", "https", "mailto", "tel")
-
-
-@dataclass(frozen=True, slots=True)
-class LinkRef:
-    """A link or image found in a post, for the pre-flight checks."""
-
-    file: Path
-    line: int | None
-    kind: str  # "link" or "image"
-    url: str  # as written in the Markdown
-    alt: str | None = None  # for HTML: None when the tag has no alt attribute
-    local: Path | None = None  # the file a relative URL points at, when it is one
-    html: bool = False  # written as an HTML tag in the post rather than in Markdown
-    width: str | None = None  # an HTML <img>'s own width attribute
-
-
-@dataclass(frozen=True, slots=True)
-class Asset:
-    """A local file published beside the web version (an image, a PDF)."""
-
-    source: Path  # the file beside the post
-    name: str  # path under the web version's folder, with forward slashes
-    file: Path | None = None  # what is published instead, when it differs (a resized image)
-
-    @property
-    def path(self) -> Path:
-        """The file to publish under ``name``."""
-        return self.file or self.source
-
-
-@dataclass(frozen=True, slots=True)
-class Rendered:
-    issue: Issue
-    subject: str
-    preheader: str
-    html: str  # the email HTML, CSS inlined, with placeholders
-    text: str  # the plain-text part, with placeholders
-    web_html: str  # the web (archive) version, no per-recipient fields
-    web_url: str
-    assets: tuple[Asset, ...]
-    links: tuple[LinkRef, ...]
-    source_hashes: dict[str, str] = field(default_factory=dict)
-    images: tuple[images.Image, ...] = ()  # the local images, measured (and resized)
-    tracked: dict[str, str] = field(default_factory=dict)  # [tracking] clicks: link id -> address
-
-    @property
-    def slug(self) -> str:
-        return self.issue.slug
-
-    @property
-    def content_hash(self) -> str:
-        """Identifies exactly what recipients get; a campaign freezes it."""
-        digest = hashlib.sha256()
-        for part in (self.subject, self.preheader, self.html, self.text):
-            digest.update(part.encode("utf-8"))
-            digest.update(b"\0")
-        return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------

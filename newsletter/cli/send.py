@@ -124,16 +124,16 @@ def send(env: Env, issue: str | None, list_name: str | None, test_to: tuple[str,
         _dry_run(config, issue, list_name, test_to)
         return
 
-    from .. import build
+    from ..ready import ready_to_send
+
+    ready = ready_to_send(config, issue)
+    rendered = ready.rendered
+    for warning in ready.warnings:
+        click.echo(f"  warning: {warning}", err=True)
+
     from .. import campaign as engine
-    from ..checks import preflight
     from ..providers import get_provider
     from ..store import open_store
-
-    rendered = build.render(config, issue)
-    findings = preflight(config, rendered)
-    for finding in findings:
-        click.echo(f"  warning: {finding}", err=True)
 
     if test_to:
         outcomes = engine.send_test(config, rendered, list(test_to))
