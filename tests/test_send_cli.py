@@ -260,13 +260,16 @@ def test_ctrl_c_finishes_the_batch_in_flight_and_says_how_to_resume(tmp_path, fa
     assert delivered(fake) == Counter({a: 1 for a in everyone(12)})
 
 
-def test_smtp_killed_mid_message(tmp_path):
+@pytest.mark.parametrize("pipelining", [False, True])
+def test_smtp_killed_mid_message(tmp_path, pipelining):
     """SMTP: SIGKILL while the server holds one message's DATA. The journal knows the batch
     was in flight, so its five recipients are reported unknown (four went out before, one
-    was in DATA); the resume sends the rest, and nobody gets two copies."""
+    was in DATA); the resume sends the rest, and nobody gets two copies. With PIPELINING the
+    next message's envelope is already on the server when the sender dies."""
     import asyncio
 
     controller, sink = start_sink()
+    sink.pipelining = pipelining
     slow = "r004@example.com"
     original = sink.handle_DATA
 
