@@ -79,4 +79,5 @@ def run() -> None:
     finally:
         gc.freeze()
 
+
 __all__ = ["main", "pass_env", "run", "sys"]
