@@ -5,6 +5,7 @@ photo (the first render resizes it, later ones find the copy), and the time of a
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import statistics
@@ -14,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from launcher import run as launch
 from PIL import Image
 
 from newsletter import build
@@ -39,13 +41,16 @@ def median_ms(fn, runs: int) -> float:
 
 
 def _peak_mb(root: Path, slug: str) -> float:
-    """Peak RSS of a fresh process that loads the config and renders ``slug`` once."""
-    script = ("import resource, sys; from newsletter import build, config; "
-              "build.render(config.load(sys.argv[1], environ={}), sys.argv[2]); "
-              "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
-    out = subprocess.run([sys.executable, "-c", script, str(root / "newsletter.toml"), slug],
-                         check=True, capture_output=True, text=True).stdout
-    return int(out.split()[-1]) / 1024
+    """Peak RSS of a fresh process that loads the config and renders ``slug`` once, started
+    from the small launcher (launcher.py): this script has rendered the photo itself by
+    then, and a process it started would count its size too."""
+    script = ("import sys; from newsletter import build, config; "
+              "build.render(config.load(sys.argv[1], environ={}), sys.argv[2])")
+    ran = launch([sys.executable, "-c", script, str(root / "newsletter.toml"), slug], str(REPO),
+                 dict(os.environ))
+    if ran.returncode != 0:
+        raise SystemExit(f"rendering {slug} failed:\n{ran.stderr}")
+    return ran.peak_mb
 
 
 def main() -> None:

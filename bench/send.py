@@ -25,24 +25,21 @@ import time
 import urllib.request
 from pathlib import Path
 
+from launcher import run as launch
+
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 TOKEN = "postmark-test-token"
 
 
 def sh(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float, str]:
-    """Run a command; return (seconds, peak RSS in MB of that process, its stderr tail)."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    out, err = "", ""
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - start
-    out = proc.stdout.read() if proc.stdout else ""
-    err = proc.stderr.read() if proc.stderr else ""
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{out}\n{err}")
-    return seconds, usage.ru_maxrss / 1024, (out + err).strip().splitlines()[-1]
+    """Run a command; return (seconds, peak RSS in MB of that process, its output's last line).
+    It is started from the small launcher process (launcher.py), so the peak is the
+    command's own, not this script's, which grows while it lists a million outbox files."""
+    ran = launch(cmd, cwd, env)
+    if ran.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({ran.returncode}):\n{ran.stdout}\n{ran.stderr}")
+    return ran.seconds, ran.peak_mb, (ran.stdout + ran.stderr).strip().splitlines()[-1]
 
 
 def start_server(module: str) -> tuple[subprocess.Popen, str]:
