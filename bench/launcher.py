@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 from dataclasses import dataclass
 
 _SERVE = r"""
@@ -52,24 +51,17 @@ class Launcher:
     def __init__(self) -> None:
         self._proc = subprocess.Popen([sys.executable, "-c", _SERVE], stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, text=True)
-        self._lock = threading.Lock()
 
     def run(self, cmd: list[str], cwd: str, env: dict[str, str]) -> Ran:
         assert self._proc.stdin is not None and self._proc.stdout is not None
-        with self._lock:
-            self._proc.stdin.write(json.dumps({"cmd": cmd, "cwd": cwd, "env": env}) + "\n")
-            self._proc.stdin.flush()
-            line = self._proc.stdout.readline()
+        self._proc.stdin.write(json.dumps({"cmd": cmd, "cwd": cwd, "env": env}) + "\n")
+        self._proc.stdin.flush()
+        line = self._proc.stdout.readline()
         if not line:
             raise RuntimeError(f"the launcher stopped (exit {self._proc.wait()})")
         reply = json.loads(line)
         return Ran(reply["seconds"], reply["returncode"], reply["peak_kb"] / 1024, reply["stdout"],
                    reply["stderr"])
-
-    def close(self) -> None:
-        if self._proc.stdin:
-            self._proc.stdin.close()
-        self._proc.wait(timeout=10)
 
 
 _shared: Launcher | None = None
