@@ -22,6 +22,8 @@ from email import policy
 from email.message import EmailMessage
 from pathlib import Path
 
+from .fakes.smtp import free_port
+
 INSTALL = ("Postfix's smtp-sink is not installed; install it with `apt-get install postfix` "
            "(answer 'No configuration': no mail server is started), as .ci/run does")
 
@@ -77,9 +79,7 @@ def running(*options: str) -> Iterator[Sink]:
     folder = Path(tempfile.mkdtemp(prefix="smtp-sink-"))
     folder.chmod(0o777)
     user = ["-u", "nobody"] if os.geteuid() == 0 else []
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen([binary, *user, *options, "-d", f"{folder}/m.", f"127.0.0.1:{port}", "64"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
