@@ -294,8 +294,12 @@ class SmtpProvider(Provider):
                     ) from None
         raise AssertionError("unreachable")
 
+    def _commands(self, rcpt: str) -> list[str]:
+        return [f"MAIL FROM:<{self.envelope_from}>", f"RCPT TO:<{rcpt}>", "DATA"]
+
     def _envelope(self, rcpt: str) -> bytes:
-        return f"MAIL FROM:<{self.envelope_from}>\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n".encode("ascii")
+        """MAIL, RCPT and DATA in one piece, for a server that pipelines."""
+        return "".join(f"{c}\r\n" for c in self._commands(rcpt)).encode("ascii")
 
     def _exchange(self, conn: smtplib.SMTP, message: _Message, following: _Message | None) -> Outcome:
         """One message. MAIL, RCPT and DATA go in one write when the server offers
@@ -304,7 +308,7 @@ class SmtpProvider(Provider):
         closes (421), saying whether the body had gone out, and _Stop when the sender is
         refused."""
         rcpt, data, key = message.rcpt, message.data, message.key
-        commands = [f"MAIL FROM:<{self.envelope_from}>", f"RCPT TO:<{rcpt}>", "DATA"]
+        commands = self._commands(rcpt)
         written, self._local.ahead = getattr(self._local, "ahead", None), None
         pipelining = conn.has_extn("pipelining")
         try:
