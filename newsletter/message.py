@@ -98,22 +98,14 @@ class Personalizer:
         return "".join(out)
 
     def html(self, values: Mapping[str, str]) -> str:
-        # Escaped, and non-ASCII as character references, so the HTML stays ASCII.
-        escaped = {
-            k: html_lib.escape(v, quote=True).encode("ascii", "xmlcharrefreplace").decode("ascii")
-            for k, v in values.items()
-        }
-        return self._fill(self._html, escaped)
+        return self._fill(self._html, html_values(values))
 
     def text(self, values: Mapping[str, str]) -> str:
         return self._fill(self._text, values)
 
     def html_json(self, values: Mapping[str, str]) -> str:
         """:meth:`html` as a JSON string literal, quotes included."""
-        escaped = {
-            k: _json_content(html_lib.escape(v, quote=True).encode("ascii", "xmlcharrefreplace").decode("ascii"))
-            for k, v in values.items()
-        }
+        escaped = {k: _json_content(v) for k, v in html_values(values).items()}
         return f'"{self._fill(self._html_json, escaped)}"'
 
     def text_json(self, values: Mapping[str, str]) -> str:
@@ -121,6 +113,14 @@ class Personalizer:
         escaped = {k: _json_content(v) for k, v in values.items()}
         return f'"{self._fill(self._text_json, escaped)}"'
 
+
+def html_values(values: Mapping[str, str]) -> dict[str, str]:
+    """The fields as they go into the HTML: escaped, and non-ASCII as character references,
+    so the HTML stays ASCII."""
+    return {
+        k: html_lib.escape(v, quote=True).encode("ascii", "xmlcharrefreplace").decode("ascii")
+        for k, v in values.items()
+    }
 
 
 def field_values(recipient: Recipient, unsubscribe_url: str, web_url: str) -> dict[str, str]:
@@ -161,8 +161,17 @@ MAX_LINE = 998  # RFC 5322, without the CRLF
 
 
 def _qp(text: str) -> bytes:
-    body = text.replace("\r\n", "\n").replace("\n", "\r\n").encode("utf-8")
-    return binascii.b2a_qp(body, quotetabs=False, istext=True, header=False)
+    return _qp_crlf(text.replace("\r\n", "\n").replace("\n", "\r\n").encode("utf-8"))
+
+
+def _qp_crlf(body: bytes) -> bytes:
+    """Quoted-printable of a body with CRLF line breaks. binascii takes the line break for
+    its soft breaks from the first line break it meets, so a body that does not end in one
+    (one line, or the last line of a part) is given one for the encoding and has it taken
+    off after: every line ends the same way, whether it is encoded alone or with others."""
+    if body.endswith(b"\n"):
+        return binascii.b2a_qp(body, quotetabs=False, istext=True, header=False)
+    return binascii.b2a_qp(body + b"\r\n", quotetabs=False, istext=True, header=False)[:-2]
 
 
 def _fits_7bit(text: str) -> bool:
@@ -176,18 +185,100 @@ def _part(subtype: str, text: str, seven_bit: bool, boundary: str) -> bytes:
         cte, body = "7bit", text.replace("\r\n", "\n").replace("\n", "\r\n").encode("ascii")
     else:
         cte, body = "quoted-printable", _qp(text)
-    head = f'Content-Type: text/{subtype}; charset="utf-8"\r\nContent-Transfer-Encoding: {cte}\r\n\r\n'
-    return head.encode("ascii") + body
+    return _part_head(subtype, cte) + body
+
+
+def _part_head(subtype: str, cte: str) -> bytes:
+    return f'Content-Type: text/{subtype}; charset="utf-8"\r\nContent-Transfer-Encoding: {cte}\r\n\r\n'.encode("ascii")
+
+
+@dataclass(frozen=True, slots=True)
+class _Run:
+    """Lines of a part that hold no field, with their line breaks: as 7bit (None when not
+    ASCII) and as quoted-printable."""
+
+    seven: bytes | None
+    qp: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _FieldLine:
+    """A line that holds fields, split around them, and its line break ("" on the last)."""
+
+    pieces: tuple[list[str], list[str]]
+    ending: str
+
+
+class _Body:
+    """One part's body (the HTML or the text) made ready once per issue.
+
+    Both ways a part travels, as it is (7bit) and quoted-printable, work a line at a time:
+    the lines with no field in them are given CRLF line breaks and encoded both ways here,
+    once, and a recipient's message fills and encodes only the few lines that hold a field
+    (the greeting, the unsubscribe link). The bytes are the same as filling the whole text
+    and encoding it, which is what a template with a lone CR, or a value with a line break,
+    still gets."""
+
+    def __init__(self, subtype: str, template: str, boundary: str) -> None:
+        self.subtype = subtype
+        self.delimiter = f"--{boundary}"
+        self.boundary = boundary
+        self.pieces = _split(template)
+        self.whole = "\r" in template
+        self.items: list[_Run | _FieldLine] = []
+        self.seven_bit = True  # the lines with no field allow 7bit
+        lines = template.split("\n")
+        run: list[str] = []
+        for i, line in enumerate(lines):
+            ending = "\r\n" if i < len(lines) - 1 else ""
+            if PLACEHOLDER_RE.search(line):
+                self._add_run(run)
+                run = []
+                self.items.append(_FieldLine(_split(line), ending))
+                continue
+            if not self._fits(line):
+                self.seven_bit = False
+            run.append(line + ending)
+        self._add_run(run)
+
+    def _add_run(self, lines: list[str]) -> None:
+        if lines:
+            text = "".join(lines)
+            seven = text.encode("ascii") if text.isascii() else None
+            self.items.append(_Run(seven, _qp_crlf(text.encode("utf-8"))))
+
+    def _fits(self, line: str) -> bool:
+        return line.isascii() and len(line) <= MAX_LINE and self.delimiter not in line
+
+    def part(self, values: Mapping[str, str]) -> bytes:
+        """The part, head and body, with ``values`` in its fields."""
+        if self.whole or any("\r" in v or "\n" in v for v in values.values()):
+            text = Personalizer._fill(self.pieces, values)
+            return _part(self.subtype, text, _fits_7bit(text), self.boundary)
+        filled = [Personalizer._fill(item.pieces, values) + item.ending
+                  for item in self.items if isinstance(item, _FieldLine)]
+        seven = self.seven_bit and all(self._fits(line) for line in filled)
+        out = [_part_head(self.subtype, "7bit" if seven else "quoted-printable")]
+        lines = iter(filled)
+        for item in self.items:
+            if isinstance(item, _Run):
+                # 7bit is chosen only when every run is ASCII, so each has its 7bit bytes
+                out.append(item.seven if seven else item.qp)  # type: ignore[arg-type]
+            else:
+                line = next(lines)
+                out.append(line.encode("ascii") if seven else _qp_crlf(line.encode("utf-8")))
+        return b"".join(out)
 
 
 class MessageTemplate:
     """Everything about a message that is the same for every recipient, prepared once.
 
     :meth:`bytes_for` assembles one recipient's complete MIME message (multipart/alternative,
-    text then HTML) from the prepared parts: a few string joins, never a render and never the
+    text then HTML) from the prepared parts: a few joins, never a render and never the
     email package per recipient. The rendered HTML is ASCII with short lines (see
-    :func:`newsletter.render.mail_safe`), so it normally travels as 7bit with no encoding
-    pass at all; anything else goes quoted-printable.
+    :func:`newsletter.render.mail_safe`), so it normally travels as 7bit; anything else goes
+    quoted-printable. Either way the lines without a field were encoded once, here (see
+    :class:`_Body`), and only the reader's own lines are encoded per message.
     """
 
     def __init__(self, config: Config, rendered: Rendered, list_name: str, subject_prefix: str = "") -> None:
@@ -213,6 +304,8 @@ class MessageTemplate:
         mailto = n.unsubscribe_mailto
         self._mailto = f", <mailto:{mailto}?subject={quote('unsubscribe')}>" if mailto else ""
         self._date_cache: tuple[int, bytes] = (0, b"")
+        self._text_body = _Body("plain", rendered.text, self.boundary)
+        self._html_body = _Body("html", rendered.html, self.boundary)
 
     def headers_for(self, unsubscribe: str) -> dict[str, str]:
         """The headers that make unsubscribing one click (RFC 2369, RFC 8058), for one
@@ -240,7 +333,6 @@ class MessageTemplate:
     def bytes_for(self, recipient: Recipient, unsubscribe: str, msg_id: str) -> bytes:
         """One recipient's complete message, CRLF line endings, ready for SMTP or a file."""
         values = field_values(recipient, unsubscribe, self.web_url)
-        html, text = self.personalizer.html(values), self.personalizer.text(values)
         to = formataddr((recipient.name, ascii_address(recipient.email)), charset="utf-8")
         unsub = self.headers_for(unsubscribe)
         if any(ch in msg_id for ch in "\r\n"):
@@ -262,9 +354,9 @@ class MessageTemplate:
                 self._list_id,
                 head,
                 f"--{b}\r\n".encode("ascii"),
-                _part("plain", text, _fits_7bit(text), b),
+                self._text_body.part(values),
                 f"\r\n--{b}\r\n".encode("ascii"),
-                _part("html", html, _fits_7bit(html), b),
+                self._html_body.part(html_values(values)),
                 f"\r\n--{b}--\r\n".encode("ascii"),
             )
         )
