@@ -1,7 +1,8 @@
 """How fast is a render? Prints the median time to render the sample issue and a 5,000-word
 issue (Markdown, templates, CSS inlining and text part), an issue with a 4,032 x 3,024 phone
-photo (the first render resizes it, later ones find the copy), and the time of a whole
-`newsletter build` process, start-up included."""
+photo (the first render resizes it, later ones find the copy), how many readers' complete
+messages a second the sample issue makes (as SMTP, SES and the outbox send them), and the
+time of a whole `newsletter build` process, start-up included."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from PIL import Image
 
 from newsletter import build
 from newsletter import config as cfg
+from newsletter.message import MessageTemplate, Recipient, message_id, unsubscribe_url
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -53,6 +55,20 @@ def _peak_mb(root: Path, slug: str) -> float:
     return ran.peak_mb
 
 
+def messages_per_second(config: cfg.Config, n: int = 20_000) -> float:
+    """How many readers' complete messages a second :meth:`MessageTemplate.bytes_for` makes
+    from the sample issue: what SMTP, SES and the outbox do once per reader."""
+    template = MessageTemplate(config, build.render(config, "2026-12-01-the-quota-is-not-the-goal"), "main")
+    readers = [Recipient(f"reader{i:07d}@example.com", f"Reader {i}") for i in range(n)]
+    leave = [unsubscribe_url(config, f"token{i:07d}abcdefghijklmnopqrstuvwxyz") for i in range(n)]
+    ids = [message_id(config, f"c1.{i}") for i in range(n)]
+    template.bytes_for(readers[0], leave[0], ids[0])
+    start = time.perf_counter()
+    for reader, link, mid in zip(readers, leave, ids, strict=True):
+        template.bytes_for(reader, link, mid)
+    return n / (time.perf_counter() - start)
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -75,6 +91,8 @@ def main() -> None:
         long = median_ms(lambda: build.render(config, "2027-01-05-long-read"), 10)
         print(f"render sample issue (2026-12-01-the-quota-is-not-the-goal): median {sample:.1f} ms")
         print(f"render {total_words:,}-word issue: median {long:.1f} ms")
+        print(f"messages made from the sample issue: {messages_per_second(config):,.0f} per second "
+              "(one reader's complete MIME message each, one process)")
 
         photo = root / "issues" / "2027-01-12-the-photo"
         photo.mkdir()
