@@ -589,6 +589,68 @@ def _one_line(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+class _BatchStatements:
+    """The statements a sender runs for every batch, built once per run with its campaign,
+    token and batch size in them; a batch binds only what changes (its claim, the time, its
+    rows). Building a SQLAlchemy statement costs about ten times what running a small one
+    on SQLite does (0.2-0.3 ms against 0.02 ms), and each batch runs six of them. The SQL is
+    the same as built afresh, so the journal's writes and locks are the same."""
+
+    def __init__(self, campaign: CampaignRow, token: str, batch_size: int) -> None:
+        d = deliveries
+        self.mine = (select(campaign_workers.c.id).where(campaign_workers.c.token == token)
+                     .with_for_update())
+        self.status = (select(campaigns.c.status, campaigns.c.last_error)
+                       .where(campaigns.c.id == campaign.id))
+        # Two statements, not UPDATE … WHERE id IN (SELECT … LIMIT … FOR UPDATE SKIP
+        # LOCKED): PostgreSQL may run such a subquery more than once and take more rows.
+        self.due = (
+            select(d.c.id)
+            .where(d.c.campaign_id == campaign.id, d.c.status == "queued",
+                   or_(d.c.not_before.is_(None), d.c.not_before <= bindparam("now")))
+            .order_by(d.c.id).limit(batch_size)
+            .with_for_update(skip_locked=True)
+        )
+        self.take = (
+            update(d)
+            .where(d.c.id.in_(bindparam("ids", expanding=True)), d.c.status == "queued")
+            .values(status="sending", worker=token, claim=bindparam("the_claim"), not_before=None,
+                    updated_at=bindparam("updated"))
+        )
+        active = and_(memberships.c.status == "active", suppressions.c.email_hash.is_(None))
+        self.envelopes = (
+            select(
+                d.c.id, d.c.subscriber_id, d.c.attempts,
+                subscribers_t.c.email, subscribers_t.c.name,
+                case((active, literal(True)), else_=literal(False)).label("mailable"),
+                suppressions.c.reason.label("suppressed"), memberships.c.status.label("membership"),
+            )
+            .select_from(
+                d.outerjoin(subscribers_t, subscribers_t.c.id == d.c.subscriber_id)
+                .outerjoin(memberships, and_(memberships.c.subscriber_id == d.c.subscriber_id,
+                                             memberships.c.list_id == campaign.list_id))
+                .outerjoin(suppressions, suppressions.c.email_hash == subscribers_t.c.email_hash)
+            )
+            .where(d.c.claim == bindparam("the_claim"), d.c.worker == token, d.c.status == "sending")
+            .order_by(d.c.id)
+        )
+        self.held = (
+            select(d.c.id)
+            .where(d.c.claim == bindparam("the_claim"), d.c.worker == token,
+                   d.c.status.in_(("sending", "unknown")))
+            .with_for_update()
+        )
+        self.outcomes: BulkUpdate | None = None  # made on the first write: it needs the dialect
+
+    def write_outcomes(self, conn: Connection, rows: list[dict], now: dt.datetime) -> None:
+        if self.outcomes is None:
+            self.outcomes = BulkUpdate(
+                conn, deliveries, "id",
+                ["status", "provider_id", "reason", "attempts", "not_before", "worker", "claim"],
+                {"updated_at": now})
+        self.outcomes(conn, rows, {"updated_at": now})
+
+
 class Sender:
     """One process's share of one campaign: joins it as a worker, claims batches (fenced by
     the claim token), sends them in parallel, journals outcomes, and stays until no reader
@@ -622,6 +684,7 @@ class Sender:
         self.rate = config.provider.rate_limit
         self._next_slot = 0.0
         self.token = os.urandom(8).hex()
+        self._sql = _BatchStatements(campaign, self.token, self.batch_size)
         self._seq = 0
         # Not-before times are wall-clock (other senders read them) but advance with
         # ``clock``, so a test's clock moves them too.
@@ -746,24 +809,7 @@ class Sender:
         """Envelopes for the rows of ``claim``; rows whose reader left since the freeze are
         skipped, and addresses no message can carry fail here."""
         c = self.campaign
-        active = and_(memberships.c.status == "active", suppressions.c.email_hash.is_(None))
-        rows = conn.execute(
-            select(
-                deliveries.c.id, deliveries.c.subscriber_id, deliveries.c.attempts,
-                subscribers_t.c.email, subscribers_t.c.name,
-                case((active, literal(True)), else_=literal(False)).label("mailable"),
-                suppressions.c.reason.label("suppressed"), memberships.c.status.label("membership"),
-            )
-            .select_from(
-                deliveries.outerjoin(subscribers_t, subscribers_t.c.id == deliveries.c.subscriber_id)
-                .outerjoin(memberships, and_(memberships.c.subscriber_id == deliveries.c.subscriber_id,
-                                             memberships.c.list_id == c.list_id))
-                .outerjoin(suppressions, suppressions.c.email_hash == subscribers_t.c.email_hash)
-            )
-            .where(deliveries.c.claim == claim, deliveries.c.worker == self.token,
-                   deliveries.c.status == "sending")
-            .order_by(deliveries.c.id)
-        ).all()
+        rows = conn.execute(self._sql.envelopes, {"the_claim": claim}).all()
         envelopes, attempts, skipped, refused = [], {}, [], []
         unsubscribe_prefix = unsubscribe_url(self.config, "")
         domain = self.config.newsletter.sender.domain
@@ -808,13 +854,10 @@ class Sender:
         """Take the next due queued rows under a new claim, and commit. Concurrent senders
         skip each other's locked rows (PostgreSQL) or wait their turn (SQLite)."""
         now = self._now()
+        sql = self._sql
         with self.store.write() as conn:
-            mine = conn.execute(
-                select(campaign_workers.c.id).where(campaign_workers.c.token == self.token).with_for_update()
-            ).first()
-            status, why = conn.execute(
-                select(campaigns.c.status, campaigns.c.last_error).where(campaigns.c.id == self.campaign.id)
-            ).one()
+            mine = conn.execute(sql.mine).first()
+            status, why = conn.execute(sql.status).one()
             if mine is None:
                 self.stop.set("this sender was taken for dead (its lease ran out); run the command again")
                 return None
@@ -826,23 +869,10 @@ class Sender:
                 return None
             self._seq += 1
             claim = f"{self.token}.{self._seq}"
-            # Two statements, not UPDATE … WHERE id IN (SELECT … LIMIT … FOR UPDATE SKIP
-            # LOCKED): PostgreSQL may run such a subquery more than once and take more rows.
-            due = list(conn.execute(
-                select(deliveries.c.id)
-                .where(deliveries.c.campaign_id == self.campaign.id, deliveries.c.status == "queued",
-                       or_(deliveries.c.not_before.is_(None), deliveries.c.not_before <= now))
-                .order_by(deliveries.c.id).limit(self.batch_size)
-                .with_for_update(skip_locked=True)
-            ).scalars())
+            due = list(conn.execute(sql.due, {"now": now}).scalars())
             if not due:
                 return None
-            conn.execute(
-                update(deliveries)
-                .where(deliveries.c.id.in_(due), deliveries.c.status == "queued")
-                .values(status="sending", worker=self.token, claim=claim, not_before=None,
-                        updated_at=utcnow())
-            )
+            conn.execute(sql.take, {"ids": due, "the_claim": claim, "updated": utcnow()})
             return self._envelopes(conn, claim)
 
     def _record(self, claimed: _Claimed, outcomes: list[Outcome], rest: str | None, rest_reason: str,
@@ -880,18 +910,11 @@ class Sender:
                 if env.key not in covered:
                     row(env.key, rest, rest_reason, claimed.attempts.get(env.key, 0), wait=not_before)
         with self.store.write() as conn:
-            held = set(conn.execute(
-                select(deliveries.c.id).where(
-                    deliveries.c.claim == claimed.claim, deliveries.c.worker == self.token,
-                    deliveries.c.status.in_(("sending", "unknown")))
-                .with_for_update()
-            ).scalars())
-            write = BulkUpdate(conn, deliveries, "id",
-                               ["status", "provider_id", "reason", "attempts", "not_before", "worker", "claim"],
-                               {"updated_at": utcnow()})
+            held = set(conn.execute(self._sql.held, {"the_claim": claimed.claim}).scalars())
+            written = utcnow()
             for status in rows:
                 rows[status] = [r for r in rows[status] if r["id"] in held]
-                write(conn, rows[status])
+                self._sql.write_outcomes(conn, rows[status], written)
         p = self.progress
         for status, params in rows.items():
             n = len(params)

@@ -488,3 +488,26 @@ def test_bulk_insert_converts_like_sqlalchemy_does(store):
         (f"R{i}@example.com", "Åse", {"n": i, "tags": ["a"]}, "bulk") for i in range(3)
     ]
     assert {r.created_at for r in rows} == {when} and rows[0].created_at.tzinfo == dt.UTC
+
+
+def test_bulk_update_takes_new_constants_on_each_call(store):
+    # the engine makes one BulkUpdate per run and gives each batch its own time
+    from newsletter.store import BulkInsert, BulkUpdate
+
+    first = dt.datetime(2026, 5, 4, 12, 0, tzinfo=dt.UTC)
+    later = dt.datetime(2026, 5, 4, 14, 30, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+    with store.write() as conn:
+        BulkInsert(conn, schema.subscribers, ["email", "email_key", "email_hash"],
+                   constants={"source": "bulk", "attributes": {}, "created_at": first,
+                              "updated_at": first})(conn, [
+            {"email": f"r{i}@example.com", "email_key": f"r{i}@example.com", "email_hash": f"{i:064x}"}
+            for i in range(3)])
+        ids = conn.execute(select(schema.subscribers.c.id).order_by(schema.subscribers.c.id)).scalars().all()
+        rename = BulkUpdate(conn, schema.subscribers, "id", ["name"], {"updated_at": first})
+        rename(conn, [{"id": ids[0], "name": "Ann"}])
+        rename(conn, [{"id": ids[1], "name": "Bo"}], {"updated_at": later})
+        with pytest.raises(ValueError, match="expected"):
+            rename(conn, [{"id": ids[2], "name": "Cy"}], {"created_at": later})
+    with store.read() as conn:
+        rows = conn.execute(select(schema.subscribers).order_by(schema.subscribers.c.id)).all()
+    assert [(r.name, r.updated_at) for r in rows] == [("Ann", first), ("Bo", later), ("", first)]

@@ -183,8 +183,9 @@ class _DriverMany:
 
     SQLAlchemy compiles the statement once and supplies each parameter's conversion (JSON,
     UTC timestamps); the rows then go to the driver's executemany as plain tuples or
-    dicts. ``constants`` (a timestamp, a source) are converted once, not once per row.
-    Going through the full statement machinery row by row took half of a large import."""
+    dicts. ``constants`` (a timestamp, a source) are converted once, not once per row; a
+    call may give them new values (the same names). Going through the full statement
+    machinery row by row took half of a large import."""
 
     def __init__(self, conn: Connection, statement: Any, types: Mapping[str, Any],
                  constants: Mapping[str, Any]) -> None:
@@ -197,13 +198,18 @@ class _DriverMany:
         def converter(name: str) -> Any:
             return types[name].dialect_impl(dialect).bind_processor(dialect)
 
-        self.fixed = {
-            n: (convert(v) if (convert := converter(n)) else v) for n, v in constants.items()
-        }
+        self.converters = {n: converter(n) for n in constants}
+        self.fixed = self._converted(constants)
         self.steps = [(n, n in self.fixed, converter(n)) for n in self.order]
 
-    def __call__(self, conn: Connection, rows: Iterable[Mapping[str, Any]]) -> None:
-        fixed = self.fixed
+    def _converted(self, constants: Mapping[str, Any]) -> dict[str, Any]:
+        if constants.keys() != self.converters.keys():
+            raise ValueError(f"constants {sorted(constants)}, expected {sorted(self.converters)}")
+        return {n: (convert(v) if (convert := self.converters[n]) else v) for n, v in constants.items()}
+
+    def __call__(self, conn: Connection, rows: Iterable[Mapping[str, Any]],
+                 constants: Mapping[str, Any] | None = None) -> None:
+        fixed = self.fixed if constants is None else self._converted(constants)
         values = [
             [fixed[n] if is_fixed else (f(row[n]) if f else row[n]) for n, is_fixed, f in self.steps]
             for row in rows
@@ -260,11 +266,13 @@ class BulkUpdate(_DriverMany):
         self.key = key
         self.columns = list(columns)
 
-    def __call__(self, conn: Connection, rows: Iterable[Mapping[str, Any]]) -> None:
+    def __call__(self, conn: Connection, rows: Iterable[Mapping[str, Any]],
+                 constants: Mapping[str, Any] | None = None) -> None:
         super().__call__(
             conn,
             ({f"key_{self.key}": row[self.key], **{f"set_{c}": row[c] for c in self.columns}}
              for row in rows),
+            None if constants is None else {f"set_{n}": v for n, v in constants.items()},
         )
 
 
