@@ -688,7 +688,10 @@ def iter_audience(
         with store.read() as conn:
             rows = conn.execute(
                 audience_select(lst.id)
-                .where(memberships.c.subscriber_id > last)
+                # Both sides of the join bounded: PostgreSQL does not carry the bound across
+                # the join, and a plan it keeps for the prepared statement (a merge join)
+                # would otherwise read the subscribers from the first one on every page.
+                .where(memberships.c.subscriber_id > last, subscribers_t.c.id > last)
                 .limit(batch_size)
             ).all()
         if not rows:
