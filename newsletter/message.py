@@ -61,6 +61,16 @@ def _split(template: str) -> tuple[list[str], list[str]]:
     return pieces[0::2], pieces[1::2]
 
 
+def _fill(parts: tuple[list[str], list[str]], values: Mapping[str, str]) -> str:
+    """A template split by :func:`_split`, with ``values`` in its fields."""
+    statics, fields = parts
+    out = [statics[0]]
+    for name, static in zip(fields, statics[1:], strict=True):
+        out.append(values[name])
+        out.append(static)
+    return "".join(out)
+
+
 def ascii_address(address: str) -> str:
     """The address with its domain in IDNA (xn--) form, as message headers need it."""
     local, _, domain = address.rpartition("@")
@@ -88,30 +98,21 @@ class Personalizer:
         self._html_json = ([_json_content(p) for p in self._html[0]], self._html[1])
         self._text_json = ([_json_content(p) for p in self._text[0]], self._text[1])
 
-    @staticmethod
-    def _fill(parts: tuple[list[str], list[str]], values: Mapping[str, str]) -> str:
-        statics, fields = parts
-        out = [statics[0]]
-        for name, static in zip(fields, statics[1:], strict=True):
-            out.append(values[name])
-            out.append(static)
-        return "".join(out)
-
     def html(self, values: Mapping[str, str]) -> str:
-        return self._fill(self._html, html_values(values))
+        return _fill(self._html, html_values(values))
 
     def text(self, values: Mapping[str, str]) -> str:
-        return self._fill(self._text, values)
+        return _fill(self._text, values)
 
     def html_json(self, values: Mapping[str, str]) -> str:
         """:meth:`html` as a JSON string literal, quotes included."""
         escaped = {k: _json_content(v) for k, v in html_values(values).items()}
-        return f'"{self._fill(self._html_json, escaped)}"'
+        return f'"{_fill(self._html_json, escaped)}"'
 
     def text_json(self, values: Mapping[str, str]) -> str:
         """:meth:`text` as a JSON string literal, quotes included."""
         escaped = {k: _json_content(v) for k, v in values.items()}
-        return f'"{self._fill(self._text_json, escaped)}"'
+        return f'"{_fill(self._text_json, escaped)}"'
 
 
 def html_values(values: Mapping[str, str]) -> dict[str, str]:
@@ -174,14 +175,16 @@ def _qp_crlf(body: bytes) -> bytes:
     return binascii.b2a_qp(body + b"\r\n", quotetabs=False, istext=True, header=False)[:-2]
 
 
-def _fits_7bit(text: str) -> bool:
-    return text.isascii() and max(map(len, text.split("\n"))) <= MAX_LINE
+def _line_fits_7bit(line: str, delimiter: str) -> bool:
+    """A line can travel as it is: ASCII, short, and not to be taken for the boundary."""
+    return line.isascii() and len(line) <= MAX_LINE and delimiter not in line
 
 
-def _part(subtype: str, text: str, seven_bit: bool, boundary: str) -> bytes:
-    """One MIME part: as it is (7bit) when it is ASCII with short lines and cannot be taken
-    for the boundary, else quoted-printable."""
-    if seven_bit and f"--{boundary}" not in text:
+def _part(subtype: str, text: str, boundary: str) -> bytes:
+    """One MIME part from the whole text: as it is (7bit) when every line allows it, else
+    quoted-printable."""
+    delimiter = f"--{boundary}"
+    if all(_line_fits_7bit(line, delimiter) for line in text.split("\n")):
         cte, body = "7bit", text.replace("\r\n", "\n").replace("\n", "\r\n").encode("ascii")
     else:
         cte, body = "quoted-printable", _qp(text)
@@ -236,7 +239,7 @@ class _Body:
                 run = []
                 self.items.append(_FieldLine(_split(line), ending))
                 continue
-            if not self._fits(line):
+            if not _line_fits_7bit(line, self.delimiter):
                 self.seven_bit = False
             run.append(line + ending)
         self._add_run(run)
@@ -247,17 +250,14 @@ class _Body:
             seven = text.encode("ascii") if text.isascii() else None
             self.items.append(_Run(seven, _qp_crlf(text.encode("utf-8"))))
 
-    def _fits(self, line: str) -> bool:
-        return line.isascii() and len(line) <= MAX_LINE and self.delimiter not in line
-
     def part(self, values: Mapping[str, str]) -> bytes:
         """The part, head and body, with ``values`` in its fields."""
         if self.whole or any("\r" in v or "\n" in v for v in values.values()):
-            text = Personalizer._fill(self.pieces, values)
-            return _part(self.subtype, text, _fits_7bit(text), self.boundary)
-        filled = [Personalizer._fill(item.pieces, values) + item.ending
+            text = _fill(self.pieces, values)
+            return _part(self.subtype, text, self.boundary)
+        filled = [_fill(item.pieces, values) + item.ending
                   for item in self.items if isinstance(item, _FieldLine)]
-        seven = self.seven_bit and all(self._fits(line) for line in filled)
+        seven = self.seven_bit and all(_line_fits_7bit(line, self.delimiter) for line in filled)
         out = [_part_head(self.subtype, "7bit" if seven else "quoted-printable")]
         lines = iter(filled)
         for item in self.items:
